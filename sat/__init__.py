@@ -1,0 +1,1 @@
+"""Generic infrastructure: config stack (--base merge, overrides, validation) and run settings."""
