@@ -1,0 +1,203 @@
+"""Weight layouts of the DiT: this project's names <-> official SAT, Wan2.1 native and diffusers names.
+
+The official SAT layout (what Kaleido checkpoints hold, under the prefix `model.diffusion_model.`) fuses q|k|v and
+k|v exactly like this project, so it is a pure rename. Wan2.1 and diffusers store q, k, v separately; their fused
+tensors are concatenated along dim 0 in the order q, k, v (self) and k, v (cross). Spec: dit.md §7.
+
+Every conversion is strict: keys that the layout does not know and keys it expects but does not find are reported
+by name, grouped over layers.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+
+SAT_PREFIX = "model.diffusion_model."
+LAYOUTS = ("sat", "wan", "diffusers")
+
+# (ours, sat, wan, diffusers) for global tensors.
+_GLOBAL = [
+    ("patch_embedding.weight", "mixins.patch_embed.proj.weight", "patch_embedding.weight", "patch_embedding.weight"),
+    ("patch_embedding.bias", "mixins.patch_embed.proj.bias", "patch_embedding.bias", "patch_embedding.bias"),
+    ("text_embedding.0.weight", "text_embedding.0.weight", "text_embedding.0.weight", "condition_embedder.text_embedder.linear_1.weight"),
+    ("text_embedding.0.bias", "text_embedding.0.bias", "text_embedding.0.bias", "condition_embedder.text_embedder.linear_1.bias"),
+    ("text_embedding.2.weight", "text_embedding.2.weight", "text_embedding.2.weight", "condition_embedder.text_embedder.linear_2.weight"),
+    ("text_embedding.2.bias", "text_embedding.2.bias", "text_embedding.2.bias", "condition_embedder.text_embedder.linear_2.bias"),
+    ("time_embedding.0.weight", "time_embed.0.weight", "time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight"),
+    ("time_embedding.0.bias", "time_embed.0.bias", "time_embedding.0.bias", "condition_embedder.time_embedder.linear_1.bias"),
+    ("time_embedding.2.weight", "time_embed.2.weight", "time_embedding.2.weight", "condition_embedder.time_embedder.linear_2.weight"),
+    ("time_embedding.2.bias", "time_embed.2.bias", "time_embedding.2.bias", "condition_embedder.time_embedder.linear_2.bias"),
+    ("time_projection.1.weight", "adaln_projection.1.weight", "time_projection.1.weight", "condition_embedder.time_proj.weight"),
+    ("time_projection.1.bias", "adaln_projection.1.bias", "time_projection.1.bias", "condition_embedder.time_proj.bias"),
+    ("head.modulation", "mixins.final_layer.adaLN_modulation", "head.modulation", "scale_shift_table"),
+    ("head.linear.weight", "mixins.final_layer.linear.weight", "head.head.weight", "proj_out.weight"),
+    ("head.linear.bias", "mixins.final_layer.linear.bias", "head.head.bias", "proj_out.bias"),
+]
+
+# Per-layer tensors ({i} = layer). A tuple in the wan/diffusers column lists the parts of a fused tensor.
+_LAYER = [
+    ("self_attn.qkv.weight", "transformer.layers.{i}.attention.query_key_value.weight",
+     ("blocks.{i}.self_attn.q.weight", "blocks.{i}.self_attn.k.weight", "blocks.{i}.self_attn.v.weight"),
+     ("blocks.{i}.attn1.to_q.weight", "blocks.{i}.attn1.to_k.weight", "blocks.{i}.attn1.to_v.weight")),
+    ("self_attn.qkv.bias", "transformer.layers.{i}.attention.query_key_value.bias",
+     ("blocks.{i}.self_attn.q.bias", "blocks.{i}.self_attn.k.bias", "blocks.{i}.self_attn.v.bias"),
+     ("blocks.{i}.attn1.to_q.bias", "blocks.{i}.attn1.to_k.bias", "blocks.{i}.attn1.to_v.bias")),
+    ("self_attn.o.weight", "transformer.layers.{i}.attention.dense.weight", "blocks.{i}.self_attn.o.weight", "blocks.{i}.attn1.to_out.0.weight"),
+    ("self_attn.o.bias", "transformer.layers.{i}.attention.dense.bias", "blocks.{i}.self_attn.o.bias", "blocks.{i}.attn1.to_out.0.bias"),
+    ("cross_attn.q.weight", "transformer.layers.{i}.cross_attention.query.weight", "blocks.{i}.cross_attn.q.weight", "blocks.{i}.attn2.to_q.weight"),
+    ("cross_attn.q.bias", "transformer.layers.{i}.cross_attention.query.bias", "blocks.{i}.cross_attn.q.bias", "blocks.{i}.attn2.to_q.bias"),
+    ("cross_attn.kv.weight", "transformer.layers.{i}.cross_attention.key_value.weight",
+     ("blocks.{i}.cross_attn.k.weight", "blocks.{i}.cross_attn.v.weight"),
+     ("blocks.{i}.attn2.to_k.weight", "blocks.{i}.attn2.to_v.weight")),
+    ("cross_attn.kv.bias", "transformer.layers.{i}.cross_attention.key_value.bias",
+     ("blocks.{i}.cross_attn.k.bias", "blocks.{i}.cross_attn.v.bias"),
+     ("blocks.{i}.attn2.to_k.bias", "blocks.{i}.attn2.to_v.bias")),
+    ("cross_attn.o.weight", "transformer.layers.{i}.cross_attention.dense.weight", "blocks.{i}.cross_attn.o.weight", "blocks.{i}.attn2.to_out.0.weight"),
+    ("cross_attn.o.bias", "transformer.layers.{i}.cross_attention.dense.bias", "blocks.{i}.cross_attn.o.bias", "blocks.{i}.attn2.to_out.0.bias"),
+    ("norm_cross.weight", "transformer.layers.{i}.post_cross_attention_layernorm.weight", "blocks.{i}.norm3.weight", "blocks.{i}.norm2.weight"),
+    ("norm_cross.bias", "transformer.layers.{i}.post_cross_attention_layernorm.bias", "blocks.{i}.norm3.bias", "blocks.{i}.norm2.bias"),
+    ("ffn.0.weight", "transformer.layers.{i}.mlp.dense_h_to_4h.weight", "blocks.{i}.ffn.0.weight", "blocks.{i}.ffn.net.0.proj.weight"),
+    ("ffn.0.bias", "transformer.layers.{i}.mlp.dense_h_to_4h.bias", "blocks.{i}.ffn.0.bias", "blocks.{i}.ffn.net.0.proj.bias"),
+    ("ffn.2.weight", "transformer.layers.{i}.mlp.dense_4h_to_h.weight", "blocks.{i}.ffn.2.weight", "blocks.{i}.ffn.net.2.weight"),
+    ("ffn.2.bias", "transformer.layers.{i}.mlp.dense_4h_to_h.bias", "blocks.{i}.ffn.2.bias", "blocks.{i}.ffn.net.2.bias"),
+    ("modulation", "mixins.adaln_layer.adaLN_modulations.{i}", "blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+    ("self_attn.norm_q.weight", "mixins.adaln_layer.query_layernorm_list.{i}.weight", "blocks.{i}.self_attn.norm_q.weight", "blocks.{i}.attn1.norm_q.weight"),
+    ("self_attn.norm_k.weight", "mixins.adaln_layer.key_layernorm_list.{i}.weight", "blocks.{i}.self_attn.norm_k.weight", "blocks.{i}.attn1.norm_k.weight"),
+    ("cross_attn.norm_q.weight", "mixins.adaln_layer.cross_query_layernorm_list.{i}.weight", "blocks.{i}.cross_attn.norm_q.weight", "blocks.{i}.attn2.norm_q.weight"),
+    ("cross_attn.norm_k.weight", "mixins.adaln_layer.cross_key_layernorm_list.{i}.weight", "blocks.{i}.cross_attn.norm_k.weight", "blocks.{i}.attn2.norm_k.weight"),
+]
+
+
+class KeyMismatchError(ValueError):
+    """A state dict does not fit the expected layout; the message lists every problem, grouped."""
+
+
+def _table(num_layers: int, layout: str) -> list[tuple[str, str | tuple[str, ...]]]:
+    """[(our key, their key or fused parts)] for one layout."""
+    column = LAYOUTS.index(layout) + 1
+    rows = [(row[0], row[column]) for row in _GLOBAL]
+    for i in range(num_layers):
+        for row in _LAYER:
+            theirs = row[column]
+            theirs = tuple(t.format(i=i) for t in theirs) if isinstance(theirs, tuple) else theirs.format(i=i)
+            rows.append((f"blocks.{i}.{row[0]}", theirs))
+    return rows
+
+
+def group_key(key: str) -> str:
+    """'blocks.7.ffn.0.weight' -> 'blocks.{i}.ffn.0.weight' (so 40 identical problems read as one line)."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "{i}", key)
+
+
+def describe_key_problems(missing=(), unexpected=(), mismatched=(), *, limit: int = 12) -> str:
+    """One readable report; `mismatched` holds (key, expected shape, got shape)."""
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        groups: dict[str, int] = defaultdict(int)
+        for key in keys:
+            groups[group_key(key)] += 1
+        if groups:
+            lines.append(f"{len(keys)} {title} key{'s' if len(keys) > 1 else ''}:")
+            lines += [f"  {n} × {g}" if n > 1 else f"  {g}" for g, n in list(groups.items())[:limit]]
+            if len(groups) > limit:
+                lines.append(f"  ... and {len(groups) - limit} more groups")
+    if mismatched:
+        groups = defaultdict(int)
+        for key, expected, got in mismatched:
+            groups[(group_key(key), tuple(expected), tuple(got))] += 1
+        lines.append(f"{len(mismatched)} shape mismatch{'es' if len(mismatched) > 1 else ''}:")
+        for (g, expected, got), n in list(groups.items())[:limit]:
+            count = f"{n} × " if n > 1 else ""
+            lines.append(f"  {count}{g}: expected {list(expected)} got {list(got)}")
+        if len(groups) > limit:
+            lines.append(f"  ... and {len(groups) - limit} more groups")
+    return "\n".join(lines)
+
+
+def num_layers_in(state_dict: dict, layout: str) -> int:
+    """Number of transformer layers a state dict of `layout` holds (highest layer index + 1)."""
+    pattern = r"transformer\.layers\.(\d+)\." if layout == "sat" else r"blocks\.(\d+)\."
+    indices = [int(m.group(1)) for key in state_dict if (m := re.match(pattern, key))]
+    return max(indices) + 1 if indices else 0
+
+
+def detect_layout(state_dict: dict) -> str:
+    """'ours', 'sat', 'wan' or 'diffusers' (the SAT prefix must already be stripped)."""
+    keys = set(state_dict)
+    if "mixins.patch_embed.proj.weight" in keys or any(k.startswith("transformer.layers.") for k in keys):
+        return "sat"
+    if "condition_embedder.time_proj.weight" in keys or "scale_shift_table" in keys:
+        return "diffusers"
+    if "head.head.weight" in keys or any(".self_attn.q.weight" in k for k in keys):
+        return "wan"
+    if "head.linear.weight" in keys or any(".self_attn.qkv.weight" in k for k in keys):
+        return "ours"
+    raise KeyMismatchError(f"unrecognised DiT weight layout (first keys: {sorted(keys)[:5]})")
+
+
+def to_layout(state_dict: dict, layout: str) -> dict:
+    """Our state dict -> `layout` names (fused tensors split into their parts). Strict."""
+    num_layers = num_layers_in(state_dict, "ours")
+    out, seen = {}, set()
+    for ours, theirs in _table(num_layers, layout):
+        if ours not in state_dict:
+            continue
+        seen.add(ours)
+        tensor = state_dict[ours]
+        if isinstance(theirs, tuple):
+            for name, part in zip(theirs, tensor.chunk(len(theirs), dim=0)):
+                out[name] = part
+        else:
+            out[theirs] = tensor
+    missing = [k for k, _ in _table(num_layers, layout) if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in seen]
+    if missing or unexpected:
+        raise KeyMismatchError("cannot convert to the " + layout + " layout:\n" + describe_key_problems(missing, unexpected))
+    return out
+
+
+def from_layout(state_dict: dict, layout: str) -> dict:
+    """`layout` state dict -> our names (parts concatenated along dim 0). Strict on both sides."""
+    num_layers = num_layers_in(state_dict, layout)
+    out, used, missing = {}, set(), []
+    for ours, theirs in _table(num_layers, layout):
+        parts = theirs if isinstance(theirs, tuple) else (theirs,)
+        absent = [p for p in parts if p not in state_dict]
+        if absent:
+            missing += absent
+            continue
+        used.update(parts)
+        out[ours] = state_dict[parts[0]] if len(parts) == 1 else torch.cat([state_dict[p] for p in parts], dim=0)
+    unexpected = [k for k in state_dict if k not in used]
+    if missing or unexpected:
+        raise KeyMismatchError(f"weights do not match the {layout} DiT layout:\n" + describe_key_problems(missing, unexpected))
+    return out
+
+
+def to_ours(state_dict: dict) -> dict:
+    """Any supported DiT layout (SAT with or without `model.diffusion_model.`, Wan2.1, diffusers, ours) -> ours."""
+    if any(k.startswith(SAT_PREFIX) for k in state_dict):
+        state_dict = {k[len(SAT_PREFIX):] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
+    layout = detect_layout(state_dict)
+    return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout)
+
+
+def load_dit_state_dict(model: torch.nn.Module, state_dict: dict, *, source: str = "checkpoint", assign: bool = False) -> None:
+    """Strictly load our-layout weights into `model`, casting to each parameter's dtype.
+
+    Raises KeyMismatchError naming every missing key, unexpected key and shape mismatch (grouped over layers).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, expected[k].shape, state_dict[k].shape)
+        for k in expected
+        if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise KeyMismatchError(f"{source}: weights do not fit the DiT\n" + describe_key_problems(missing, unexpected, mismatched))
+    cast = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(cast, strict=True, assign=assign)
