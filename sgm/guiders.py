@@ -1,0 +1,38 @@
+"""Classifier-free guidance."""
+from __future__ import annotations
+
+import torch
+
+
+def _pad_by_repeating_last(uncond: torch.Tensor, length: int) -> torch.Tensor:
+    """Extend dim 1 to `length` by repeating the last row (the official rule for a shorter negative prompt)."""
+    if uncond.shape[1] > length:
+        raise ValueError(f"unconditional input has {uncond.shape[1]} tokens, more than the conditional {length}")
+    extra = uncond[:, -1:].expand(-1, length - uncond.shape[1], *uncond.shape[2:])
+    return torch.cat([uncond, extra], dim=1)
+
+
+class VanillaCFG:
+    """v = v_uncond + scale·(v_cond − v_uncond), from one forward on the batch [uncond, cond]."""
+
+    def __init__(self, scale: float = 6.0):
+        self.scale = scale
+
+    def prepare_inputs(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uncond: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Stack [uncond, cond] along the batch for x, σ and every conditioning tensor."""
+        joint = {}
+        for key, c in cond.items():
+            u = uncond[key]
+            if c is None or u is None:
+                if c is not u:
+                    raise ValueError(f"conditioning {key!r} is given for only one CFG branch")
+                joint[key] = None
+                continue
+            if u.shape[1] != c.shape[1] and u.ndim >= 3:
+                u = _pad_by_repeating_last(u, c.shape[1])
+            joint[key] = torch.cat([u, c], dim=0)
+        return torch.cat([x, x]), torch.cat([sigma, sigma]), joint
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        v_uncond, v_cond = output.chunk(2)
+        return v_uncond + self.scale * (v_cond - v_uncond)
