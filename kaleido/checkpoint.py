@@ -1,0 +1,80 @@
+"""Reading DiT weights from the official formats (spec dit.md §7.4, training.md §11).
+
+Accepted: a SAT checkpoint directory (`latest` naming an iteration folder holding `mp_rank_00_model_states.pt`),
+a `.pt`/`.pth` file (a `{'module': state_dict}` container or a bare state dict), a `.safetensors` file, with
+SAT (with or without `model.diffusion_model.`), Wan2.1 native or diffusers key names. Files are read with
+`torch.load(weights_only=True, mmap=True)`: no arbitrary unpickling.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from kaleido.keymap import to_ours
+
+log = logging.getLogger(__name__)
+SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
+# Keys of other components that official checkpoints may carry (umT5 in FSDP2 files); reported, not loaded.
+FOREIGN_PREFIXES = ("conditioner.", "first_stage_model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read; the message names the path and what was expected."""
+
+
+def resolve_checkpoint_file(path: str | Path) -> Path:
+    """A SAT directory -> its model-states file (via `latest`); a file -> itself."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint not found (args.load)")
+    latest = path / "latest"
+    if not latest.is_file():
+        raise CheckpointError(f"{path}: not a SAT checkpoint directory (no 'latest' file naming the iteration)")
+    iteration = latest.read_text().strip()
+    if not iteration:
+        raise CheckpointError(f"{latest}: empty; expected an iteration number or 'release'")
+    model_file = path / iteration / SAT_MODEL_FILE
+    if not model_file.is_file():
+        raise CheckpointError(f"{latest} names iteration '{iteration}' but {model_file} does not exist")
+    return model_file
+
+
+def read_state_dict(file: Path) -> dict:
+    """Tensors of a `.safetensors` or torch file (the `module` entry of a SAT container)."""
+    if file.suffix == ".safetensors":
+        try:
+            return load_file(str(file))
+        except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
+            raise CheckpointError(f"{file}: cannot read safetensors file ({err})") from None
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "zip" not in str(err).lower():
+            raise CheckpointError(f"{file}: cannot read checkpoint ({err})") from None
+        data = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save format
+    except Exception as err:
+        raise CheckpointError(f"{file}: cannot read checkpoint safely ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("module"), dict):
+        data = data["module"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a state dict or {{'module': state_dict}}, found {type(data).__name__}")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def load_dit_weights(path: str | Path) -> dict:
+    """Our-layout DiT state dict from any accepted checkpoint form."""
+    file = resolve_checkpoint_file(path)
+    state_dict = read_state_dict(file)
+    foreign = [k for k in state_dict if k.startswith(FOREIGN_PREFIXES)]
+    if foreign:
+        log.info("%s: ignoring %d tensors of other components (%s...)", file, len(foreign), foreign[0])
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(FOREIGN_PREFIXES)}
+    try:
+        return to_ours(state_dict)
+    except ValueError as err:
+        raise CheckpointError(f"{file}: {err}") from None

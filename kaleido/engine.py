@@ -1,0 +1,85 @@
+"""The diffusion engine: wires text encoder + VAE + DiT + sampler (official `SATVideoDiffusionEngine`).
+
+Layouts: latents (B, T, C, H, W) everywhere outside the VAE; the VAE takes/returns (B, C, T, H, W).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from sgm.sampling import RFEulerSampler, rf_denoiser
+from sgm.util import instantiate_from_config
+
+ENGINE_KEYS = ("network_config", "conditioner_config", "first_stage_config", "sampler_config", "scale_factor")
+
+
+class KaleidoEngine(nn.Module):
+    def __init__(self, network: nn.Module, conditioner: nn.Module, first_stage: nn.Module,
+                 sampler: RFEulerSampler, scale_factor: float = 1.0):
+        super().__init__()
+        self.network = network
+        self.conditioner = conditioner
+        self.first_stage = first_stage
+        self.sampler = sampler
+        self.scale_factor = scale_factor
+
+    @classmethod
+    def from_config(cls, model: dict, where=lambda path: "config", external_targets=(), meta_network: bool = False) -> "KaleidoEngine":
+        """Build from the `model:` section (`network_config`, `conditioner_config`, `first_stage_config`,
+        `sampler_config` as target/params nodes, and `scale_factor`).
+
+        meta_network: build the DiT on the meta device (no memory, no init) for a checkpoint loaded with assign.
+        """
+        from sat.config import ConfigError
+
+        for key in model:
+            if key not in ENGINE_KEYS:
+                raise ConfigError(f"{where(f'model.{key}')}: unknown key 'model.{key}' (expected {list(ENGINE_KEYS)})")
+        for key in ENGINE_KEYS[:4]:
+            if key not in model:
+                raise ConfigError(f"{where('model')}: 'model.{key}' is missing")
+
+        def build(key: str):
+            return instantiate_from_config(model[key], f"model.{key}", where, external_targets)
+
+        with torch.device("meta") if meta_network else contextlib.nullcontext():
+            network = build("network_config")
+        return cls(network, build("conditioner_config"), build("first_stage_config"), build("sampler_config"),
+                   float(model.get("scale_factor", 1.0)))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """-> context (B, L_text, text_dim), padded rows zero."""
+        return self.conditioner(texts)
+
+    @torch.no_grad()
+    def encode_references(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels in [-1, 1] -> (1, N, C, H/8, W/8) float32 latents.
+
+        Each reference is its own 1-frame video (a batch of N single frames: the causal VAE treats them
+        independently), so references live in the latent space of a video's first frame.
+        """
+        latents = self.first_stage.encode(images[:, :, None].to(self.device))  # (N, C, 1, h, w)
+        return (latents[:, :, 0] * self.scale_factor)[None]
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, context: torch.Tensor, uncond_context: torch.Tensor,
+               references: torch.Tensor | None, description: str = "sampling") -> torch.Tensor:
+        """noise (B, T, C, h, w) at σ = 1 -> clean latents (B, T, C, h, w) float32.
+
+        CFG is text-only: both branches get the same (clean) references.
+        """
+        cond = {"context": context, "references": references}
+        uncond = {"context": uncond_context, "references": references}
+        return self.sampler(rf_denoiser(self.network), noise.to(self.device), cond, uncond, description=description)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w) -> video (B, 3, 4(T − 1) + 1, 8h, 8w) float32 in [-1, 1]."""
+        return self.first_stage.decode((latents / self.scale_factor).transpose(1, 2))

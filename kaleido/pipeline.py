@@ -1,0 +1,189 @@
+"""The sampling job: prompt file in, one folder of outputs per line out (spec sampling.md).
+
+Seed rule: the initial noise of prompt line `i` (0-based, blank lines counted) is drawn from a CPU
+`torch.Generator` seeded with `args.seed + i`, one (1, T, C, H, W) float32 draw per sample b = 0, 1, ...; so a
+line's result does not depend on the other lines, their order, or the number of processes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kaleido import io
+from kaleido.checkpoint import load_dit_weights
+from kaleido.engine import KaleidoEngine
+from kaleido.keymap import load_dit_state_dict
+from sat.config import Config, ConfigError
+from sgm.util import seeded_random_init_
+
+log = logging.getLogger("kaleido")
+
+NEGATIVE_PROMPTS = {
+    # Kaleido's shipped negative prompt (what the release was configured and evaluated with).
+    "@kaleido": "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走",
+    # Wan2.1's, which has one more item (quirk Q6).
+    "@wan": "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走",
+}
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: %s have no checkpoint and were initialised randomly (seed %d). The output is noise, "
+    "useful only to check the pipeline. Real weights: put the Kaleido-14B-S2V release on disk and run the 14B "
+    "configs (README, 'Use the released weights')."
+)
+
+
+@dataclass
+class SampleArgs:
+    """Run settings of `sample_video.py` (the `args:` section). Quirk options name their ID in spec/README.md §5."""
+
+    input_file: str = "examples/prompts.txt"
+    output_dir: str = "outputs"
+    load: Optional[str] = None                    # DiT checkpoint: SAT directory, .pt or .safetensors
+    allow_random_weights: bool = False            # components without weights get seeded random ones (demo/tests)
+    random_weights_seed: int = 0
+    seed: int = 42                                # see the module docstring for the per-line rule
+    device: str = "auto"                          # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
+    sampling_image_size: List[int] = field(default_factory=lambda: [512, 896])  # (H, W) pixels
+    sampling_num_frames: int = 21                 # latent frames T; the video has 4(T - 1) + 1 frames
+    sampling_fps: int = 16
+    batch_size: int = 1                           # samples per prompt line
+    max_subject_nums: int = 3
+    negative_prompt: str = "@kaleido"             # '@kaleido', '@wan' or a literal text (Q6)
+    save_latents: bool = False                    # also write latent.safetensors (key 'latent', (B, T, C, H, W) fp32)
+    overwrite: bool = False                       # re-sample lines whose outputs exist
+    noise_file: Optional[str] = None              # safetensors {'<line index>': (B, T, C, H, W)}: inject noise (Q2 parity)
+    external_targets: List[str] = field(default_factory=list)  # extra allowed `target:` package prefixes
+    t5_prompt: str = "text"                       # Q1: 'text' (before the first @@) or 'full_line' (official)
+    allow_zero_refs: bool = True                  # Q10: lines without @@ run text-to-video
+    ref_alpha: str = "white"                      # Q15: 'white' composite or 'drop' (official)
+    latents_bf16_before_decode: bool = False      # Q4
+    uint8_rounding: str = "round"                 # Q5: 'round' or 'truncate' (official)
+    batch_output_naming: str = "numbered"         # Q9: output.mp4, output_1.mp4, ... or 'overwrite' (official)
+
+    def validate(self) -> None:
+        size = self.sampling_image_size
+        if len(size) != 2 or any(s <= 0 or s % 16 for s in size):
+            raise ValueError(f"sampling_image_size: expected [height, width], positive multiples of 16 (8× VAE, 2× patch); got {size}")
+        for key in ("sampling_num_frames", "sampling_fps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.max_subject_nums < 0:
+            raise ValueError(f"max_subject_nums: must be >= 0, got {self.max_subject_nums}")
+        choices = {
+            "t5_prompt": ("text", "full_line"),
+            "ref_alpha": ("white", "drop"),
+            "uint8_rounding": ("round", "truncate"),
+            "batch_output_naming": ("numbered", "overwrite"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: expected one of {list(allowed)}, got {getattr(self, key)!r}")
+        if self.negative_prompt.startswith("@") and self.negative_prompt not in NEGATIVE_PROMPTS:
+            raise ValueError(f"negative_prompt: unknown preset {self.negative_prompt!r} (presets: {list(NEGATIVE_PROMPTS)})")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    @property
+    def negative_prompt_text(self) -> str:
+        return NEGATIVE_PROMPTS.get(self.negative_prompt, self.negative_prompt)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
+    """Components from `model:`; DiT weights from args.load (built on the meta device, no random init)."""
+    engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
+    if args.load:
+        load_dit_state_dict(engine.network, load_dit_weights(args.load), source=args.load, assign=True)
+    components = {
+        "DiT": (engine.network, bool(args.load)),
+        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
+        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
+    }
+    unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
+    if unweighted:
+        if not args.allow_random_weights:
+            raise ConfigError(
+                f"{config.where('args')}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the "
+                "weights_path params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test"
+            )
+        for offset, (module, has_weights) in enumerate(components.values()):
+            if not has_weights:
+                seeded_random_init_(module, args.random_weights_seed + offset)
+        log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), args.random_weights_seed)
+    return engine.eval().to(resolve_device(args.device))
+
+
+def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], noise: dict | None) -> torch.Tensor:
+    """(B, T, C, H, W) float32 on the CPU; injected from args.noise_file when given."""
+    if noise is not None:
+        key = str(line_index)
+        if key not in noise:
+            raise io.InputError(f"{args.noise_file}: no tensor '{key}' for prompt line {line_index + 1}")
+        tensor = noise[key].float()
+        if tuple(tensor.shape) != (args.batch_size, *shape):
+            raise io.InputError(f"{args.noise_file}: tensor '{key}' has shape {list(tensor.shape)}, expected {[args.batch_size, *shape]}")
+        return tensor
+    generator = torch.Generator().manual_seed(args.seed + line_index)
+    return torch.cat([torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)])
+
+
+def output_names(args: SampleArgs) -> list[str]:
+    if args.batch_output_naming == "overwrite":
+        return ["output.mp4"] * args.batch_size  # official: every sample overwrites the same file; the last wins
+    return ["output.mp4"] + [f"output_{b}.mp4" for b in range(1, args.batch_size)]
+
+
+def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | None = None) -> list[Path]:
+    """Sample every prompt line; returns the output folders written (skipped ones excluded)."""
+    prompts = lines if lines is not None else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+    noise_table = load_file(args.noise_file) if args.noise_file else None
+    height, width = args.sampling_image_size
+    vae = engine.first_stage
+    latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
+    uncond_context = engine.encode_text([args.negative_prompt_text])
+    written = []
+    for prompt in prompts:
+        folder = Path(args.output_dir) / prompt.folder_name
+        videos = [folder / name for name in dict.fromkeys(output_names(args))]
+        if all(v.exists() for v in videos) and not args.overwrite:
+            log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.index + 1, videos[0])
+            continue
+        started = time.perf_counter()
+        io.write_text(folder / "text.txt", prompt.line)
+        images = [io.load_reference(path, args.ref_alpha) for path in prompt.references]
+        for i, image in enumerate(images):
+            io.write_png(folder / f"subject_{i}.png", image)
+        if not images:
+            log.warning("line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution", prompt.index + 1)
+            references = None
+        else:
+            pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
+            references = engine.encode_references(pixels)
+        text = prompt.line if args.t5_prompt == "full_line" else prompt.text
+        context = engine.encode_text([text])
+        noise = initial_noise(args, prompt.index, latent_shape, noise_table)
+        batch = noise.shape[0]
+        latents = engine.sample(noise, context.expand(batch, -1, -1), uncond_context.expand(batch, -1, -1),
+                                references, description=f"line {prompt.index + 1}")
+        if args.save_latents:
+            with io.atomic_path(folder / "latent.safetensors") as tmp:
+                save_file({"latent": latents.cpu().contiguous()}, str(tmp))
+        if args.latents_bf16_before_decode:
+            latents = latents.to(torch.bfloat16)
+        video = engine.decode(latents)
+        for b, path in enumerate(output_names(args)):
+            io.write_mp4(folder / path, io.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)
+        log.info("line %d: wrote %s (%.1f s)", prompt.index + 1, folder, time.perf_counter() - started)
+        written.append(folder)
+    return written
