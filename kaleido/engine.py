@@ -73,8 +73,11 @@ class KaleidoEngine(nn.Module):
                references: torch.Tensor | None, description: str = "sampling") -> torch.Tensor:
         """noise (B, T, C, h, w) at σ = 1 -> clean latents (B, T, C, h, w) float32.
 
+        context, uncond_context: (B, L_text, text_dim); references: (1 or B, N, C, h, w) or None.
         CFG is text-only: both branches get the same (clean) references.
         """
+        if references is not None:
+            references = references.to(self.device).expand(noise.shape[0], -1, -1, -1, -1)  # one set for every sample
         cond = {"context": context, "references": references}
         uncond = {"context": uncond_context, "references": references}
         return self.sampler(rf_denoiser(self.network), noise.to(self.device), cond, uncond, description=description)

@@ -1,0 +1,155 @@
+"""End to end: sample_video.py on the tiny config (random weights) writes the official output layout."""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import sample_video
+from scripts.tiny_tokenizer import build_tiny_tokenizer
+from tests.golden import REPO
+
+TINY = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")]
+SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working directory with references, a prompt file and a tokenizer built at test time."""
+    monkeypatch.chdir(tmp_path)
+    build_tiny_tokenizer(tmp_path / "tok")
+    Image.new("RGB", (30, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGBA", (50, 20), (20, 200, 20, 128)).save(tmp_path / "green.png")
+    (tmp_path / "prompts.txt").write_text("A red ball.@@red.png\n\nA ball and a leaf.@@red.png@@green.png\nJust a meadow.\n")
+    return tmp_path
+
+
+def sample(*extra, base=TINY):
+    argv = ["--base", *base, "args.input_file=prompts.txt", "args.output_dir=out",
+            "model.conditioner_config.params.tokenizer_path=tok", *SMALL, *extra]
+    return sample_video.main(argv)
+
+
+def folders(root):
+    return sorted(p.name for p in (root / "out").iterdir())
+
+
+def test_outputs_layout(workdir):
+    assert sample("--save-latents") == 0
+    assert folders(workdir) == ["0_A_red_ball.@@red.png", "2_A_ball_and_a_leaf.@@red.png@@green.png", "3_Just_a_meadow."]
+    line = workdir / "out" / "2_A_ball_and_a_leaf.@@red.png@@green.png"
+    assert sorted(p.name for p in line.iterdir()) == ["latent.safetensors", "output.mp4", "subject_0.png", "subject_1.png", "text.txt"]
+    assert (line / "text.txt").read_text() == "A ball and a leaf.@@red.png@@green.png"
+    assert Image.open(line / "subject_1.png").size == (50, 20)  # the original, unresized reference
+    video = iio.imread(line / "output.mp4")
+    assert video.shape == (5, 32, 48, 3) and video.dtype == "uint8"  # 4(T - 1) + 1 frames
+    assert load_file(str(line / "latent.safetensors"))["latent"].shape == (1, 2, 16, 4, 6)
+    assert not [p for p in (workdir / "out").rglob(".*")]  # no temporary files left
+
+
+def test_seed_rule_is_per_line(workdir):
+    """Line i uses seed + i: a line's latents do not depend on the other lines; another seed changes them."""
+    assert sample("--save-latents") == 0
+    first = load_file(str(workdir / "out/3_Just_a_meadow./latent.safetensors"))["latent"]
+    (workdir / "prompts.txt").write_text("\n\n\nJust a meadow.\n")
+    assert sample("--save-latents", "--overwrite") == 0
+    assert torch.equal(load_file(str(workdir / "out/3_Just_a_meadow./latent.safetensors"))["latent"], first)
+    assert sample("--save-latents", "--overwrite", "--seed", "7") == 0
+    assert not torch.equal(load_file(str(workdir / "out/3_Just_a_meadow./latent.safetensors"))["latent"], first)
+
+
+def test_injected_noise_equals_the_seeded_draw(workdir):
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\n")
+    assert sample("--save-latents") == 0
+    seeded = load_file(str(workdir / "out/0_A_red_ball.@@red.png/latent.safetensors"))["latent"]
+    noise = torch.randn((1, 2, 16, 4, 6), generator=torch.Generator().manual_seed(42 + 0))
+    save_file({"0": noise}, str(workdir / "noise.safetensors"))
+    assert sample("--save-latents", "--overwrite", "args.noise_file=noise.safetensors", "args.seed=999") == 0
+    assert torch.equal(load_file(str(workdir / "out/0_A_red_ball.@@red.png/latent.safetensors"))["latent"], seeded)
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(workdir):
+    assert sample() == 0
+    video = workdir / "out" / "0_A_red_ball.@@red.png" / "output.mp4"
+    stamp = video.stat().st_mtime_ns
+    assert sample() == 0
+    assert video.stat().st_mtime_ns == stamp
+    assert sample("--overwrite") == 0
+    assert video.stat().st_mtime_ns != stamp
+
+
+def test_batch_outputs(workdir):
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\n")
+    assert sample("args.batch_size=2") == 0
+    names = sorted(p.name for p in (workdir / "out/0_A_red_ball.@@red.png").glob("*.mp4"))
+    assert names == ["output.mp4", "output_1.mp4"]
+    assert sample("args.batch_size=2", "args.batch_output_naming=overwrite", "args.output_dir=out2") == 0  # Q9
+    assert sorted(p.name for p in (workdir / "out2/0_A_red_ball.@@red.png").glob("*.mp4")) == ["output.mp4"]
+
+
+def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
+    from sgm.text import UMT5TextEncoder
+
+    seen = []
+    original = UMT5TextEncoder.forward
+    monkeypatch.setattr(UMT5TextEncoder, "forward", lambda self, texts: seen.extend(texts) or original(self, texts))
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\n")
+    assert sample() == 0
+    assert seen[1:] == ["A red ball."] and seen[0].startswith("色调艳丽")
+    seen.clear()
+    assert sample("--overwrite", "args.t5_prompt=full_line", "args.negative_prompt=@wan") == 0  # Q1
+    assert seen[1:] == ["A red ball.@@red.png"] and "画得不好的脸部" in seen[0]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["args.sampling_image_size=[40,48]"], "sampling_image_size: expected [height, width], positive multiples of 16"),
+        (["args.sampling_num_frames=0"], "sampling_num_frames: must be >= 1"),
+        (["args.max_subject_nums=1"], "prompts.txt:3: 2 references, more than args.max_subject_nums = 1"),
+        (["args.allow_zero_refs=false"], "prompts.txt:4: no reference images"),
+        (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
+        (["model.network_config.target=os.system"], "is outside this project"),
+        (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
+        (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(workdir, capsys, extra, message):
+    assert sample(*extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (workdir / "out").exists()
+
+
+def test_bad_reference_image_stops_before_any_output(workdir, capsys):
+    (workdir / "broken.png").write_bytes(b"GIF89a-not-an-image")
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\nBroken.@@broken.png\n")
+    assert sample() == 2
+    assert "prompts.txt:2: reference image 'broken.png' is not a readable image" in capsys.readouterr().err
+    assert not (workdir / "out").exists()
+
+
+def test_official_parity_profile_runs(workdir):
+    """All quirks on (ftfy is a test requirement: the profile demands the real one)."""
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\n")
+    base = TINY + [str(REPO / "configs/sampling/official_parity.yaml")]
+    assert sample(base=base) == 0
+    assert (workdir / "out/0_A_red_ball.@@red.png/output.mp4").is_file()
+
+
+def test_readme_demo_command(tmp_path):
+    """The README's demo command, as a subprocess from the repository root (outputs redirected to tmp)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "sample_video.py", "--base", *TINY, f"args.output_dir={tmp_path}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RANDOM WEIGHTS" in result.stderr and "noise" in result.stderr
+    outputs = sorted(tmp_path.glob("*/output.mp4"))
+    assert len(outputs) == len((REPO / "examples/prompts.txt").read_text().split("\n")) - 1 == 3
+    for path in outputs:
+        assert iio.imread(path).shape == (17, 96, 160, 3)
+    assert [len(list(p.parent.glob("subject_*.png"))) for p in outputs] == [1, 2, 3]
