@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from kaleido.attention import Attention
@@ -228,6 +228,4 @@ class KaleidoDiT(nn.Module):
     def unpatchify(self, patches: torch.Tensor, frames: int, grid: tuple[int, int]) -> torch.Tensor:
         """(B, T·h·w, p_h·p_w·C) -> (B, T, C, h·p_h, w·p_w); channel fastest within a patch vector."""
         _, p_h, p_w = self.patch_size
-        h, w = grid
-        out = patches.reshape(patches.shape[0], frames, h, w, p_h, p_w, self.out_channels)
-        return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(patches.shape[0], frames, self.out_channels, h * p_h, w * p_w)
+        return rearrange(patches, "b (t h w) (p q c) -> b t c (h p) (w q)", t=frames, h=grid[0], w=grid[1], p=p_h, q=p_w)
