@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from kaleido.keymap import to_ours
+from sgm.weights import WeightsError, read_tensor_file
 
 log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -21,7 +19,7 @@ SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
 FOREIGN_PREFIXES = ("conditioner.", "first_stage_model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint cannot be read; the message names the path and what was expected."""
 
 
@@ -44,37 +42,15 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
     return model_file
 
 
-def read_state_dict(file: Path) -> dict:
-    """Tensors of a `.safetensors` or torch file (the `module` entry of a SAT container)."""
-    if file.suffix == ".safetensors":
-        try:
-            return load_file(str(file))
-        except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{file}: cannot read safetensors file ({err})") from None
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "zip" not in str(err).lower():
-            raise CheckpointError(f"{file}: cannot read checkpoint ({err})") from None
-        data = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save format
-    except Exception as err:
-        raise CheckpointError(f"{file}: cannot read checkpoint safely ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    if isinstance(data, dict) and isinstance(data.get("module"), dict):
-        data = data["module"]
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a state dict or {{'module': state_dict}}, found {type(data).__name__}")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-
-
 def load_dit_weights(path: str | Path) -> dict:
     """Our-layout DiT state dict from any accepted checkpoint form."""
     file = resolve_checkpoint_file(path)
-    state_dict = read_state_dict(file)
+    state_dict = read_tensor_file(file)
     foreign = [k for k in state_dict if k.startswith(FOREIGN_PREFIXES)]
     if foreign:
         log.info("%s: ignoring %d tensors of other components (%s...)", file, len(foreign), foreign[0])
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(FOREIGN_PREFIXES)}
     try:
         return to_ours(state_dict)
-    except ValueError as err:
+    except WeightsError as err:
         raise CheckpointError(f"{file}: {err}") from None

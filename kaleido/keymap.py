@@ -10,9 +10,10 @@ by name, grouped over layers.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 
 import torch
+
+from sgm.weights import WeightsError, describe_key_problems
 
 SAT_PREFIX = "model.diffusion_model."
 LAYOUTS = ("sat", "wan", "diffusers")
@@ -70,7 +71,7 @@ _LAYER = [
 ]
 
 
-class KeyMismatchError(ValueError):
+class KeyMismatchError(WeightsError):
     """A state dict does not fit the expected layout; the message lists every problem, grouped."""
 
 
@@ -84,36 +85,6 @@ def _table(num_layers: int, layout: str) -> list[tuple[str, str | tuple[str, ...
             theirs = tuple(t.format(i=i) for t in theirs) if isinstance(theirs, tuple) else theirs.format(i=i)
             rows.append((f"blocks.{i}.{row[0]}", theirs))
     return rows
-
-
-def group_key(key: str) -> str:
-    """'blocks.7.ffn.0.weight' -> 'blocks.{i}.ffn.0.weight' (so 40 identical problems read as one line)."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)", "{i}", key)
-
-
-def describe_key_problems(missing=(), unexpected=(), mismatched=(), *, limit: int = 12) -> str:
-    """One readable report; `mismatched` holds (key, expected shape, got shape)."""
-    lines = []
-    for title, keys in (("missing", missing), ("unexpected", unexpected)):
-        groups: dict[str, int] = defaultdict(int)
-        for key in keys:
-            groups[group_key(key)] += 1
-        if groups:
-            lines.append(f"{len(keys)} {title} key{'s' if len(keys) > 1 else ''}:")
-            lines += [f"  {n} × {g}" if n > 1 else f"  {g}" for g, n in list(groups.items())[:limit]]
-            if len(groups) > limit:
-                lines.append(f"  ... and {len(groups) - limit} more groups")
-    if mismatched:
-        groups = defaultdict(int)
-        for key, expected, got in mismatched:
-            groups[(group_key(key), tuple(expected), tuple(got))] += 1
-        lines.append(f"{len(mismatched)} shape mismatch{'es' if len(mismatched) > 1 else ''}:")
-        for (g, expected, got), n in list(groups.items())[:limit]:
-            count = f"{n} × " if n > 1 else ""
-            lines.append(f"  {count}{g}: expected {list(expected)} got {list(got)}")
-        if len(groups) > limit:
-            lines.append(f"  ... and {len(groups) - limit} more groups")
-    return "\n".join(lines)
 
 
 def num_layers_in(state_dict: dict, layout: str) -> int:
@@ -182,22 +153,3 @@ def to_ours(state_dict: dict) -> dict:
         state_dict = {k[len(SAT_PREFIX):] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
     layout = detect_layout(state_dict)
     return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout)
-
-
-def load_dit_state_dict(model: torch.nn.Module, state_dict: dict, *, source: str = "checkpoint", assign: bool = False) -> None:
-    """Strictly load our-layout weights into `model`, casting to each parameter's dtype.
-
-    Raises KeyMismatchError naming every missing key, unexpected key and shape mismatch (grouped over layers).
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, expected[k].shape, state_dict[k].shape)
-        for k in expected
-        if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise KeyMismatchError(f"{source}: weights do not fit the DiT\n" + describe_key_problems(missing, unexpected, mismatched))
-    cast = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
-    model.load_state_dict(cast, strict=True, assign=assign)

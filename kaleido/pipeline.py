@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from kaleido import io
 from kaleido.checkpoint import load_dit_weights
 from kaleido.engine import KaleidoEngine
-from kaleido.keymap import load_dit_state_dict
 from sat.config import Config, ConfigError
 from sgm.util import seeded_random_init_
+from sgm.weights import load_state_dict_strict
 
 log = logging.getLogger("kaleido")
 
@@ -104,7 +104,7 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     """Components from `model:`; DiT weights from args.load (built on the meta device, no random init)."""
     engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
     if args.load:
-        load_dit_state_dict(engine.network, load_dit_weights(args.load), source=args.load, assign=True)
+        load_state_dict_strict(engine.network, load_dit_weights(args.load), args.load)
     components = {
         "DiT": (engine.network, bool(args.load)),
         "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kaleido.dit import KaleidoDiT  # noqa: E402
-from kaleido.keymap import load_dit_state_dict, to_ours  # noqa: E402
+from kaleido.keymap import to_ours  # noqa: E402
 from kaleido.official import dit_kwargs_from_official  # noqa: E402
 from kaleido.rope import ReferencePlacement, Rotary, axis_dims, inverse_frequencies, rope_cos_sin, token_positions  # noqa: E402
 from sgm.guiders import VanillaCFG  # noqa: E402
@@ -36,6 +36,7 @@ from sgm.sampling import RFEulerSampler, rf_denoiser  # noqa: E402
 from sgm.schedules import resolution_shift_mu, shift_sigma_exp  # noqa: E402
 from sgm.umt5 import UMT5Encoder, relative_position_bucket  # noqa: E402
 from sgm.vae import WAN_LATENT_MEAN, WAN_LATENT_STD, WanVAE  # noqa: E402
+from sgm.weights import load_state_dict_strict  # noqa: E402
 
 # Golden README tolerances (float32, max abs diff unless marked relative).
 TOLERANCE = {
@@ -125,7 +126,7 @@ def build_golden_dit(golden: Golden) -> KaleidoDiT:
     """The tiny DiT of case `dit` with its weights (also used by the sampler and loss cases)."""
     case = golden.manifest["cases"]["dit"]
     model = KaleidoDiT(**dit_kwargs_from_official(case["config"]["params"], "float32")).eval()
-    load_dit_state_dict(model, to_ours(golden.case_tensors("dit", weights=True)), source="golden dit weights")
+    load_state_dict_strict(model, to_ours(golden.case_tensors("dit", weights=True)), "golden dit weights")
     return model
 
 

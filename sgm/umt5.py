@@ -18,13 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = [
-    "UMT5Encoder",
-    "relative_position_bucket",
-    "load_umt5_state_dict",
-    "check_state_dict",
-    "load_umt5_weights",
-]
+from sgm.weights import load_state_dict_strict, read_tensor_file
+
+__all__ = ["UMT5Encoder", "relative_position_bucket", "load_umt5_weights"]
 
 
 def relative_position_bucket(rel_pos: torch.Tensor, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
@@ -191,59 +187,13 @@ class UMT5Encoder(nn.Module):
 # Loading
 
 
-def load_umt5_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from `.pth`/`.pt` (torch.load, weights_only, mmap when possible) or `.safetensors`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"umT5 weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path))
-    else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # mmap needs the zip format (torch >= 1.6 default); legacy files do not have it
-            if "mmap" not in str(err) and "zip" not in str(err):
-                raise
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected a flat state dict of tensors, got {type(state_dict).__name__}")
-    return state_dict
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, max_listed: int = 5) -> None:
-    """Strict check of `state_dict` against `model` (keys both ways and shapes; works on the meta device).
-
-    Raises one ValueError naming `source` with the counts and the first `max_listed` names of missing keys,
-    unexpected keys and shape mismatches.
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            more = f", ... ({len(items) - max_listed} more)" if len(items) > max_listed else ""
-            problems.append(f"{len(items)} {label}: " + ", ".join(items[:max_listed]) + more)
-    if problems:
-        raise ValueError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
-
-
 def load_umt5_weights(model: UMT5Encoder, path: str | Path, dtype: torch.dtype | None = None) -> UMT5Encoder:
-    """Strictly load `path` into `model` (which may live on the meta device), tensors cast to `dtype`.
+    """Strictly load `path` (.pth/.pt/.safetensors, Wan key names) into `model`, which may live on the meta device.
 
-    Uses `load_state_dict(assign=True)`: the loaded (mmapped, when the dtype already matches) tensors become
-    the parameters, without a second copy.
+    The loaded tensors (memory-mapped when possible) become the parameters; with `dtype` the model is cast first,
+    so each tensor is converted once.
     """
-    state_dict = load_umt5_state_dict(path)
-    check_state_dict(model, state_dict, str(path))
     if dtype is not None:
-        state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True, assign=True)
+        model.to(dtype)
+    load_state_dict_strict(model, read_tensor_file(path), str(path))
     return model

@@ -15,7 +15,6 @@ weights, every conv casts its input to bf16, RMS norms and SiLU in fp32, residua
 from __future__ import annotations
 
 import contextlib
-import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgm.util import parse_dtype
+from sgm.weights import load_state_dict_strict, read_tensor_file
 
 CACHE_T = 2  # frames of context each causal conv keeps between chunks (kernel 3 -> 2 previous frames)
 
@@ -314,48 +314,6 @@ class Decoder3d(nn.Module):
 # Weights
 
 
-def load_wan_vae_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a `Wan2.1_VAE.pth`-format state dict from `.pth`/`.pt` (torch.load, weights only) or `.safetensors`.
-
-    Zip-format torch files are memory-mapped, so the tensors are read lazily.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path), device="cpu")
-    else:
-        # mmap needs the zip format (torch.save's default since 1.6); older files are read into memory.
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected a flat dict of tensors (the Wan2.1_VAE.pth layout), "
-                         f"got {type(state_dict).__name__}")
-    return state_dict
-
-
-def _listed(names: list[str], max_listed: int) -> str:
-    shown = ", ".join(names[:max_listed])
-    return shown + (", ..." if len(names) > max_listed else "")
-
-
-def check_wan_vae_state_dict(expected: dict[str, torch.Size], state_dict: dict[str, torch.Tensor], source: str,
-                             max_listed: int = 5) -> None:
-    """Raise one ValueError naming `source` if keys or shapes differ from `expected` (key -> shape)."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k} expected {list(shape)} got {list(state_dict[k].shape)}"
-                  for k, shape in expected.items() if k in state_dict and state_dict[k].shape != shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_listed(missing, max_listed)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected, max_listed)})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {_listed(mismatched, max_listed)}")
-    if problems:
-        raise ValueError(f"{source}: " + ", ".join(problems))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The VAE
 
@@ -416,25 +374,16 @@ class WanVAE(nn.Module):
         self.conv2.to(self.decode_dtype)
         self.decoder.to(self.decode_dtype)
         if weights_path is not None:
-            self.load_wan_state_dict(load_wan_vae_state_dict(weights_path), source=str(weights_path))
+            self.load_wan_state_dict(read_tensor_file(weights_path), source=str(weights_path))
 
     # ---- weights
 
     def load_wan_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Strictly load a `Wan2.1_VAE.pth`-layout state dict, casting each tensor to its parameter's dtype.
+        """Strictly load a `Wan2.1_VAE.pth`-layout state dict, each tensor cast to its parameter's dtype.
 
-        Tensors are assigned (no copy into existing storage); parameters on the meta device take the CPU
-        tensors, others keep their device. Raises one ValueError listing missing/unexpected keys and shape
-        mismatches.
+        Tensors are assigned (no copy into existing storage), so a model built on the meta device takes them.
         """
-        own = self.state_dict(keep_vars=True)
-        check_wan_vae_state_dict({k: v.shape for k, v in own.items()}, state_dict, source)
-        converted = {}
-        for key, value in state_dict.items():
-            target = own[key]
-            device = value.device if target.device.type == "meta" else target.device
-            converted[key] = value.to(device=device, dtype=target.dtype)
-        self.load_state_dict(converted, strict=True, assign=True)
+        load_state_dict_strict(self, state_dict, source)
 
     # ---- latent normalisation
 

@@ -2,19 +2,16 @@ import pytest
 import torch
 
 from kaleido.dit import KaleidoDiT, timestep_sinusoid
-from kaleido.keymap import load_dit_state_dict, to_layout, to_ours
-from kaleido.official import dit_kwargs_from_official
+from kaleido.keymap import to_layout
 from sgm.util import seeded_random_init_
-from tests.golden import manifest, tensors
+from tests.golden import golden_dit, tensors
 
 TINY = dict(hidden_size=64, num_layers=2, num_attention_heads=4, inner_hidden_size=128, text_dim=32, max_h=16, max_w=16)
 
 
 @pytest.fixture(scope="module")
-def golden_dit():
-    model = KaleidoDiT(**dit_kwargs_from_official(manifest()["cases"]["dit"]["config"]["params"], "float32")).eval()
-    load_dit_state_dict(model, to_ours(tensors("dit_weights.safetensors")))
-    return model
+def golden_model():
+    return golden_dit()
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +20,15 @@ def io():
 
 
 @pytest.mark.parametrize("num_refs", [0, 1, 3])
-def test_golden_outputs(golden_dit, io, num_refs):
+def test_golden_outputs(golden_model, io, num_refs):
     refs = io[f"subjects_{num_refs}ref"] if num_refs else None
     with torch.no_grad():
-        out = golden_dit(io["x"], io["timesteps"], io["context"], refs)
+        out = golden_model(io["x"], io["timesteps"], io["context"], refs)
     assert out.shape == io[f"out_{num_refs}ref"].shape
     assert (out - io[f"out_{num_refs}ref"]).abs().max() <= 2e-5
 
 
-def test_golden_intermediates(golden_dit, io):
+def test_golden_intermediates(golden_model, io):
     captured = {}
 
     def keep(name, use_input=False):
@@ -40,17 +37,17 @@ def test_golden_intermediates(golden_dit, io):
         return hook
 
     handles = [
-        golden_dit.time_embedding.register_forward_hook(keep("sinusoid", use_input=True)),
-        golden_dit.time_embedding.register_forward_hook(keep("time_embed_out")),
-        golden_dit.time_projection.register_forward_hook(keep("adaln_projection_out")),
-        golden_dit.text_embedding.register_forward_hook(keep("text_embedding_out")),
-        golden_dit.patch_embedding.register_forward_hook(keep("patch_embed_out")),
-        golden_dit.blocks[0].self_attn.attend.register_forward_hook(keep("qkv0", use_input=True)),
-        golden_dit.blocks[0].register_forward_hook(keep("layer0_out")),
-        golden_dit.blocks[1].register_forward_hook(keep("layer1_out")),
+        golden_model.time_embedding.register_forward_hook(keep("sinusoid", use_input=True)),
+        golden_model.time_embedding.register_forward_hook(keep("time_embed_out")),
+        golden_model.time_projection.register_forward_hook(keep("adaln_projection_out")),
+        golden_model.text_embedding.register_forward_hook(keep("text_embedding_out")),
+        golden_model.patch_embedding.register_forward_hook(keep("patch_embed_out")),
+        golden_model.blocks[0].self_attn.attend.register_forward_hook(keep("qkv0", use_input=True)),
+        golden_model.blocks[0].register_forward_hook(keep("layer0_out")),
+        golden_model.blocks[1].register_forward_hook(keep("layer1_out")),
     ]
     with torch.no_grad():
-        golden_dit(io["x"], io["timesteps"], io["context"], io["subjects_1ref"])
+        golden_model(io["x"], io["timesteps"], io["context"], io["subjects_1ref"])
     for handle in handles:
         handle.remove()
     q, k, _ = captured["qkv0"]
@@ -77,24 +74,24 @@ def test_sinusoid_is_cos_first_float64():
     assert torch.allclose(emb[1, 0], torch.cos(torch.tensor(500.0, dtype=torch.float64)))
 
 
-def test_references_matter_in_order(golden_dit, io):
+def test_references_matter_in_order(golden_model, io):
     """Swapping two references changes the output (their temporal positions differ); sharing one set across the
     CFG batch (batch 1 broadcast) equals passing it twice."""
     refs = io["subjects_3ref"]
     with torch.no_grad():
-        out = golden_dit(io["x"], io["timesteps"], io["context"], refs)
-        swapped = golden_dit(io["x"], io["timesteps"], io["context"], refs[:, [1, 0, 2]])
-        shared = golden_dit(io["x"], io["timesteps"], io["context"], refs[:1])
-        repeated = golden_dit(io["x"], io["timesteps"], io["context"], refs[:1].expand(2, -1, -1, -1, -1))
+        out = golden_model(io["x"], io["timesteps"], io["context"], refs)
+        swapped = golden_model(io["x"], io["timesteps"], io["context"], refs[:, [1, 0, 2]])
+        shared = golden_model(io["x"], io["timesteps"], io["context"], refs[:1])
+        repeated = golden_model(io["x"], io["timesteps"], io["context"], refs[:1].expand(2, -1, -1, -1, -1))
     assert (out - swapped).abs().max() > 1e-2
     assert torch.equal(shared, repeated)
 
 
-def test_zero_references_equal_none(golden_dit, io):
+def test_zero_references_equal_none(golden_model, io):
     empty = io["subjects_1ref"][:, :0]
     with torch.no_grad():
-        assert torch.equal(golden_dit(io["x"], io["timesteps"], io["context"], empty),
-                           golden_dit(io["x"], io["timesteps"], io["context"], None))
+        assert torch.equal(golden_model(io["x"], io["timesteps"], io["context"], empty),
+                           golden_model(io["x"], io["timesteps"], io["context"], None))
 
 
 def test_no_reference_path_equals_diffusers_wan():
@@ -119,13 +116,12 @@ def test_no_reference_path_equals_diffusers_wan():
     assert (got - expected).abs().max() <= 5e-5
 
 
-def test_bf16_is_close_to_fp32(golden_dit, io):
-    bf16 = KaleidoDiT(**dit_kwargs_from_official(manifest()["cases"]["dit"]["config"]["params"], "bfloat16")).eval()
-    load_dit_state_dict(bf16, to_ours(tensors("dit_weights.safetensors")))
+def test_bf16_is_close_to_fp32(golden_model, io):
+    bf16 = golden_dit("bfloat16")
     assert bf16.patch_embedding.weight.dtype == torch.bfloat16
     args = (io["x"], io["timesteps"], io["context"], io["subjects_3ref"])
     with torch.no_grad():
-        ref = golden_dit(*args)
+        ref = golden_model(*args)
         out = bf16(*args)
         bf16.rope_float32 = False
         official_rope = bf16(*args)
@@ -136,10 +132,10 @@ def test_bf16_is_close_to_fp32(golden_dit, io):
     assert not torch.equal(out, official_rope)
 
 
-def test_bad_shapes_are_clear_errors(golden_dit, io):
+def test_bad_shapes_are_clear_errors(golden_model, io):
     with pytest.raises(ValueError, match="multiples of the patch"):
-        golden_dit(io["x"][..., :7, :], io["timesteps"], io["context"])
+        golden_model(io["x"][..., :7, :], io["timesteps"], io["context"])
     with pytest.raises(ValueError, match="must match the latent"):
-        golden_dit(io["x"], io["timesteps"], io["context"], io["subjects_1ref"][..., :4, :])
+        golden_model(io["x"], io["timesteps"], io["context"], io["subjects_1ref"][..., :4, :])
     with pytest.raises(ValueError, match="patch_size"):
         KaleidoDiT(**TINY, patch_size=(2, 2, 2), dtype="float32")

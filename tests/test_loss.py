@@ -2,12 +2,9 @@ import re
 
 import torch
 
-from kaleido.dit import KaleidoDiT
-from kaleido.keymap import load_dit_state_dict, to_ours
-from kaleido.official import dit_kwargs_from_official
 from sgm.loss import RFLoss
 from sgm.schedules import resolution_shift_mu, shift_sigma_exp
-from tests.golden import manifest, tensors
+from tests.golden import golden_dit, manifest, tensors
 
 
 def test_sigma_maps_match_golden():
@@ -23,8 +20,7 @@ def test_sigma_maps_match_golden():
 
 def test_loss_evaluation_matches_golden():
     g = tensors("loss.safetensors")
-    model = KaleidoDiT(**dit_kwargs_from_official(manifest()["cases"]["dit"]["config"]["params"], "float32")).eval()
-    load_dit_state_dict(model, to_ours(tensors("dit_weights.safetensors")))
+    model = golden_dit()
     with torch.no_grad():
         out = RFLoss(p_mean=0.0, p_std=1.0)(model, g["x0"], {"context": g["crossattn"], "references": g["concat_subjects"]},
                                             sigma_raw=g["sigma_raw"], noise=g["noise"])

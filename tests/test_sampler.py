@@ -3,13 +3,10 @@ import re
 import pytest
 import torch
 
-from kaleido.dit import KaleidoDiT
-from kaleido.keymap import load_dit_state_dict, to_ours
-from kaleido.official import dit_kwargs_from_official
 from sgm.guiders import VanillaCFG
 from sgm.sampling import RFEulerSampler, rf_denoiser
 from sgm.schedules import sampling_sigmas
-from tests.golden import manifest, tensors
+from tests.golden import golden_dit, tensors
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +60,7 @@ def test_shorter_uncond_text_is_padded_by_its_last_token(g):
 
 
 def test_tiny_dit_four_steps_match_golden(g):
-    model = KaleidoDiT(**dit_kwargs_from_official(manifest()["cases"]["dit"]["config"]["params"], "float32")).eval()
-    load_dit_state_dict(model, to_ours(tensors("dit_weights.safetensors")))
+    model = golden_dit()
     calls = []
 
     def network(x, timesteps, **cond):

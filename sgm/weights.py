@@ -1,0 +1,103 @@
+"""Reading weight files safely and loading them strictly, with readable reports.
+
+Torch files are read with `torch.load(weights_only=True)` (no arbitrary unpickling), memory-mapped when they are
+in the zip format; `.safetensors` files natively. A strict load reports every missing key, unexpected key and
+shape mismatch by name, grouping keys that differ only by a layer index ("40 × blocks.{i}.ffn.0.weight").
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be read or does not fit its model; the message names the file and the problem."""
+
+
+def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """name -> tensor from a `.safetensors` or torch file; a SAT container `{'module': state_dict, ...}` is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own types for truncated or corrupt headers
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        # mmap needs the zip format (torch.save's default since 1.6); legacy files are read into memory.
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})") from None
+    if isinstance(data, dict) and isinstance(data.get("module"), dict):
+        data = data["module"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path}: expected a flat dict of tensors (or {{'module': ...}}), got {type(data).__name__}")
+    return data
+
+
+def group_key(key: str) -> str:
+    """'blocks.7.ffn.0.weight' -> 'blocks.{i}.ffn.0.weight'."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "{i}", key)
+
+
+def _grouped(keys, limit: int) -> list[str]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        groups[group_key(key)].append(key)
+    lines = [f"  {len(members)} × {group}" if len(members) > 1 else f"  {members[0]}" for group, members in groups.items()]
+    return lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def describe_key_problems(missing=(), unexpected=(), mismatched=(), *, limit: int = 12) -> str:
+    """A readable multi-line report; `mismatched` holds (key, expected shape, got shape)."""
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"{len(keys)} {title} key{'s' if len(keys) > 1 else ''}:")
+            lines += _grouped(keys, limit)
+    if mismatched:
+        groups: dict[tuple, list[str]] = defaultdict(list)
+        for key, expected, got in mismatched:
+            groups[(group_key(key), tuple(expected), tuple(got))].append(key)
+        lines.append(f"{len(mismatched)} shape mismatch{'es' if len(mismatched) > 1 else ''}:")
+        entries = []
+        for (group, expected, got), keys in groups.items():
+            name = f"{len(keys)} × {group}" if len(keys) > 1 else keys[0]
+            entries.append(f"  {name}: expected {list(expected)} got {list(got)}")
+        lines += entries[:limit] + ([f"  ... and {len(entries) - limit} more"] if len(entries) > limit else [])
+    return "\n".join(lines)
+
+
+def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str, what: str = "the model") -> None:
+    """Raise WeightsError naming `source` unless keys and shapes equal `expected` (key -> shape) exactly."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, expected[k], state_dict[k].shape) for k in expected
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
+    if missing or unexpected or mismatched:
+        raise WeightsError(f"{source}: weights do not fit {what}\n" + describe_key_problems(missing, unexpected, mismatched))
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = True) -> None:
+    """Check strictly, cast every tensor to its parameter's dtype (and device, unless the module is on meta), load.
+
+    With assign=True the (possibly memory-mapped) tensors become the parameters without a second copy when
+    dtype and device already match; a module built on the meta device is materialised this way.
+    """
+    own = module.state_dict(keep_vars=True)
+    check_state_dict({k: v.shape for k, v in own.items()}, state_dict, source, type(module).__name__)
+    converted = {}
+    for key, value in state_dict.items():
+        target = own[key]
+        device = value.device if target.device.type == "meta" else target.device
+        converted[key] = value.to(device=device, dtype=target.dtype)
+    module.load_state_dict(converted, strict=True, assign=assign)
