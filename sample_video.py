@@ -17,6 +17,7 @@ from kaleido.io import InputError, read_prompt_file
 from kaleido.pipeline import SampleArgs, build_engine, run
 from sat.config import ConfigError, load_config, parse_args
 from sgm.util import InstantiationError
+from sgm.weights import WeightsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
         engine = build_engine(args, config)
         run(args, engine, lines)
-    except (ConfigError, InstantiationError, InputError) as err:
+    except (ConfigError, InstantiationError, InputError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -6,11 +6,6 @@ import math
 import torch
 
 
-def shift_sigma(sigma: torch.Tensor | float, shift: float) -> torch.Tensor | float:
-    """σ -> s·σ / (1 + (s − 1)·σ): spends more steps (or training draws) at high noise for s > 1."""
-    return shift * sigma / (1 + (shift - 1) * sigma)
-
-
 def sampling_sigmas(num_steps: int, shift: float = 7.0) -> torch.Tensor:
     """(num_steps + 1,) float32 noise levels from 1 to 0: σ_i = s·u_i / (1 + (s − 1)·u_i), u_i = 1 − i/num_steps.
 

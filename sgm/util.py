@@ -96,7 +96,7 @@ def instantiate_from_config(node, path: str = "config", where=lambda path: "conf
         kwargs[key] = value
     try:
         return factory(**kwargs)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OSError, ImportError) as err:  # bad values, missing files, missing packages
         raise InstantiationError(f"{where(f'{path}.params')}: {target} rejected '{path}.params': {err}") from None
 
 

@@ -116,6 +116,9 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
         (["model.network_config.target=os.system"], "is outside this project"),
         (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
         (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
+        (["model.conditioner_config.params.tokenizer_path=missing_tok"], "tokenizer folder not found: missing_tok"),
+        (["args.load=nowhere"], "nowhere: checkpoint not found (args.load)"),
+        (["model.first_stage_config.params.weights_path=none.pth"], "none.pth: weights file not found"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(workdir, capsys, extra, message):
