@@ -139,3 +139,21 @@ def test_bad_shapes_are_clear_errors(golden_model, io):
         golden_model(io["x"], io["timesteps"], io["context"], io["subjects_1ref"][..., :4, :])
     with pytest.raises(ValueError, match="patch_size"):
         KaleidoDiT(**TINY, patch_size=(2, 2, 2), dtype="float32")
+
+
+def test_end_concat_only_reorders_tokens():
+    """With unrotated references (shift_t=False) placing them after the video instead of before is a pure token
+    permutation: attention is permutation-equivariant, so the video output must not change."""
+    kwargs = dict(TINY, shift_t=False, dtype="float32")
+    before = seeded_random_init_(KaleidoDiT(**kwargs, end_concat=False), seed=4).eval()
+    after = KaleidoDiT(**kwargs, end_concat=True).eval()
+    after.load_state_dict(before.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x, refs, context = torch.randn(1, 2, 16, 4, 6, generator=g), torch.randn(1, 2, 16, 4, 6, generator=g), torch.randn(1, 5, 32, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        out_before, out_after = before(x, t, context, refs), after(x, t, context, refs)
+        no_refs = before(x, t, context)
+    assert out_after.shape == x.shape
+    assert (out_before - out_after).abs().max() < 1e-5
+    assert (out_before - no_refs).abs().max() > 1e-2  # the references do act
