@@ -9,6 +9,7 @@ import contextlib
 import torch
 from torch import nn
 
+from sat.config import ConfigError
 from sgm.sampling import RFEulerSampler, rf_denoiser
 from sgm.util import instantiate_from_config
 
@@ -32,8 +33,6 @@ class KaleidoEngine(nn.Module):
 
         meta_network: build the DiT on the meta device (no memory, no init) for a checkpoint loaded with assign.
         """
-        from sat.config import ConfigError
-
         for key in model:
             if key not in ENGINE_KEYS:
                 raise ConfigError(f"{where(f'model.{key}')}: unknown key 'model.{key}' (expected {list(ENGINE_KEYS)})")

@@ -26,7 +26,7 @@ TEXT_CLEAN_MODES = ("auto", "ftfy", "lite")
 # ---------------------------------------------------------------------------------------------------------
 # ftfy-lite: the steps of ftfy 6.x `fix_text` (default config) except mojibake repair and C1-control fixing.
 
-# The 23 code points ftfy's fix_latin_ligatures replaces (Dutch, Afrikaans, Serbo-Croatian digraphs and the
+# The 22 code points ftfy 6.3's fix_latin_ligatures replaces (Dutch, Afrikaans, Serbo-Croatian digraphs and the
 # Latin typographic ligatures U+FB00-U+FB06).
 LATIN_LIGATURES = {
     0x0132: "IJ", 0x0133: "ij", 0x0149: "\u02bcn",
@@ -193,7 +193,7 @@ def load_tokenizer(folder: str | Path):
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise OSError(
             f"could not load the tokenizer in {folder} ({type(err).__name__}: {err}); a folder with only "
             f"spiece.model also needs the protobuf package"
         ) from err
