@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from kaleido import io
 from kaleido.checkpoint import load_dit_weights
 from kaleido.engine import KaleidoEngine
 from sat.config import Config, ConfigError
 from sgm.util import seeded_random_init_
-from sgm.weights import load_state_dict_strict
+from sgm.weights import load_state_dict_strict, read_tensor_file
 
 log = logging.getLogger("kaleido")
 
@@ -124,16 +124,24 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     return engine.eval().to(resolve_device(args.device))
 
 
-def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], noise: dict | None) -> torch.Tensor:
-    """(B, T, C, H, W) float32 on the CPU; injected from args.noise_file when given."""
-    if noise is not None:
-        key = str(line_index)
-        if key not in noise:
-            raise io.InputError(f"{args.noise_file}: no tensor '{key}' for prompt line {line_index + 1}")
-        tensor = noise[key].float()
-        if tuple(tensor.shape) != (args.batch_size, *shape):
-            raise io.InputError(f"{args.noise_file}: tensor '{key}' has shape {list(tensor.shape)}, expected {[args.batch_size, *shape]}")
-        return tensor
+def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tuple[int, ...]) -> dict | None:
+    """args.noise_file checked up front: one (B, T, C, H, W) tensor per prompt line, named by the line index."""
+    if not args.noise_file:
+        return None
+    table = read_tensor_file(args.noise_file)
+    for prompt in prompts:
+        key = str(prompt.index)
+        if key not in table:
+            raise io.InputError(f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.index + 1} (args.noise_file)")
+        if tuple(table[key].shape) != (args.batch_size, *shape):
+            raise io.InputError(f"{args.noise_file}: tensor '{key}' has shape {list(table[key].shape)}, expected {[args.batch_size, *shape]}")
+    return table
+
+
+def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], table: dict | None) -> torch.Tensor:
+    """(B, T, C, H, W) float32 on the CPU: the per-line seeded draw (module docstring), or the injected tensor."""
+    if table is not None:
+        return table[str(line_index)].float()
     generator = torch.Generator().manual_seed(args.seed + line_index)
     return torch.cat([torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)])
 
@@ -147,10 +155,10 @@ def output_names(args: SampleArgs) -> list[str]:
 def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | None = None) -> list[Path]:
     """Sample every prompt line; returns the output folders written (skipped ones excluded)."""
     prompts = lines if lines is not None else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
-    noise_table = load_file(args.noise_file) if args.noise_file else None
     height, width = args.sampling_image_size
     vae = engine.first_stage
     latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
+    noise_table = load_noise_table(args, prompts, latent_shape)
     uncond_context = engine.encode_text([args.negative_prompt_text])
     written = []
     for prompt in prompts:

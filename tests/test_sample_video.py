@@ -72,6 +72,13 @@ def test_injected_noise_equals_the_seeded_draw(workdir):
     assert torch.equal(load_file(str(workdir / "out/0_A_red_ball.@@red.png/latent.safetensors"))["latent"], seeded)
 
 
+def test_bad_noise_file_stops_before_any_output(workdir, capsys):
+    save_file({"0": torch.zeros(1, 2, 16, 4, 6), "2": torch.zeros(1, 3, 16, 4, 6)}, str(workdir / "noise.safetensors"))
+    assert sample("args.noise_file=noise.safetensors") == 2
+    assert "noise.safetensors: tensor '2' has shape [1, 3, 16, 4, 6], expected [1, 2, 16, 4, 6]" in capsys.readouterr().err
+    assert not (workdir / "out").exists()
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(workdir):
     assert sample() == 0
     video = workdir / "out" / "0_A_red_ball.@@red.png" / "output.mp4"
@@ -113,6 +120,8 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
         (["args.max_subject_nums=1"], "prompts.txt:3: 2 references, more than args.max_subject_nums = 1"),
         (["args.allow_zero_refs=false"], "prompts.txt:4: no reference images"),
         (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
+        (["model.first_stage=1"], "unknown key 'model.first_stage'"),
+        (["model.sampler_config.params.num_steps=0"], "num_steps must be >= 1"),
         (["model.network_config.target=os.system"], "is outside this project"),
         (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
         (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
