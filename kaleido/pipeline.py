@@ -97,11 +97,15 @@ class SampleArgs:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'")
+    return device
 
 
 def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     """Components from `model:`; DiT weights from args.load (built on the meta device, no random init)."""
+    device = resolve_device(args.device)
     engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
     if args.load:
         load_state_dict_strict(engine.network, load_dit_weights(args.load), args.load)
@@ -121,7 +125,10 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
             if not has_weights:
                 seeded_random_init_(module, args.random_weights_seed + offset)
         log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), args.random_weights_seed)
-    return engine.eval().to(resolve_device(args.device))
+    network = engine.network
+    log.info("model: DiT %d layers × %d, %s parameters, %s, on %s", len(network.blocks), network.hidden_size,
+             f"{sum(p.numel() for p in network.parameters()):,}", str(network.dtype).removeprefix("torch."), device)
+    return engine.eval().to(device)
 
 
 def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tuple[int, ...]) -> dict | None:
@@ -159,6 +166,8 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
     vae = engine.first_stage
     latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
     noise_table = load_noise_table(args, prompts, latent_shape)
+    log.info("sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s", len(prompts), height, width,
+             args.sampling_num_frames, vae.temporal_factor * (args.sampling_num_frames - 1) + 1, args.output_dir)
     uncond_context = engine.encode_text([args.negative_prompt_text])
     written = []
     for prompt in prompts:

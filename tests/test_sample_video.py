@@ -125,6 +125,7 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
         (["model.network_config.target=os.system"], "is outside this project"),
         (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
         (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
+        (["args.device=cuda:7"], "args.device=cuda:7: no such CUDA device here"),
         (["model.conditioner_config.params.tokenizer_path=missing_tok"], "tokenizer folder not found: missing_tok"),
         (["args.load=nowhere"], "nowhere: checkpoint not found (args.load)"),
         (["model.first_stage_config.params.weights_path=none.pth"], "none.pth: weights file not found"),
@@ -160,6 +161,7 @@ def test_readme_demo_command(tmp_path):
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RANDOM WEIGHTS" in result.stderr and "noise" in result.stderr
+    assert "line 3: 100%" in result.stderr  # a progress bar per video
     outputs = sorted(tmp_path.glob("*/output.mp4"))
     assert len(outputs) == len((REPO / "examples/prompts.txt").read_text().split("\n")) - 1 == 3
     for path in outputs:
