@@ -159,9 +159,7 @@ class KaleidoDiT(nn.Module):
         if len(patch_size) != 3 or patch_size[0] != 1:
             raise ValueError(f"patch_size must be (1, p_h, p_w): references are single latent frames; got {patch_size}")
         self.hidden_size = hidden_size
-        self.num_heads = num_attention_heads
         self.head_dim = hidden_size // num_attention_heads
-        self.out_channels = out_channels
         self.time_freq_dim = time_freq_dim
         self.patch_size = tuple(patch_size)
         self.rope_theta = rope_theta

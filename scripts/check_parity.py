@@ -122,10 +122,10 @@ def max_relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs() / b.double().abs().clamp_min(1e-30)).max().item()
 
 
-def build_golden_dit(golden: Golden) -> KaleidoDiT:
+def build_golden_dit(golden: Golden, dtype: str = "float32") -> KaleidoDiT:
     """The tiny DiT of case `dit` with its weights (also used by the sampler and loss cases)."""
     case = golden.manifest["cases"]["dit"]
-    model = KaleidoDiT(**dit_kwargs_from_official(case["config"]["params"], "float32")).eval()
+    model = KaleidoDiT(**dit_kwargs_from_official(case["config"]["params"], dtype)).eval()
     load_state_dict_strict(model, to_ours(golden.case_tensors("dit", weights=True)), "golden dit weights")
     return model
 

@@ -219,10 +219,8 @@ class UMT5TextEncoder(nn.Module):
                  num_heads: int = 64, num_layers: int = 24, num_buckets: int = 32, max_distance: int = 128):
         super().__init__()
         self.max_length = max_length
-        self.dim = dim
         self.weights_path = weights_path
-        self.dtype = parse_dtype(dtype)
-        self.text_clean = text_clean
+        dtype = parse_dtype(dtype)
         self.trim_to_longest = trim_to_longest
         self._fix_text = _text_fixer(text_clean)  # fails early on an unknown mode or a missing ftfy
         self.tokenizer = load_tokenizer(tokenizer_path)
@@ -234,11 +232,11 @@ class UMT5TextEncoder(nn.Module):
         sizes = dict(vocab_size=vocab_size, dim=dim, dim_attn=dim_attn, dim_ffn=dim_ffn, num_heads=num_heads,
                      num_layers=num_layers, num_buckets=num_buckets, max_distance=max_distance)
         if weights_path is None:
-            self.encoder = UMT5Encoder(**sizes).to(self.dtype)
+            self.encoder = UMT5Encoder(**sizes).to(dtype)
         else:
             with torch.device("meta"):
                 encoder = UMT5Encoder(**sizes)
-            self.encoder = load_umt5_weights(encoder, weights_path, self.dtype)
+            self.encoder = load_umt5_weights(encoder, weights_path, dtype)
         self.encoder.requires_grad_(False)
         self.eval()
 

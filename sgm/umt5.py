@@ -160,7 +160,6 @@ class UMT5Encoder(nn.Module):
                  num_heads: int = 64, num_layers: int = 24, num_buckets: int = 32, max_distance: int = 128,
                  eps: float = 1e-6):
         super().__init__()
-        self.dim = dim
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(
             Block(dim, dim_attn, dim_ffn, num_heads, num_buckets, max_distance, eps) for _ in range(num_layers)

@@ -352,8 +352,9 @@ class WanVAE(nn.Module):
             raise ValueError(f"frames_not_4k1 must be 'error' or 'drop', got {frames_not_4k1!r}")
         self.z_dim = z_dim
         self.weights_path = weights_path
-        self.dtype = _parse_float_dtype(dtype, "dtype")
-        self.decode_dtype = self.dtype if decode_dtype is None else _parse_float_dtype(decode_dtype, "decode_dtype")
+        # The dtypes live in the parameters (a later .to() stays consistent); they are only applied here.
+        dtype = _parse_float_dtype(dtype, "dtype")
+        decode_dtype = dtype if decode_dtype is None else _parse_float_dtype(decode_dtype, "decode_dtype")
         self.norm_constants = _parse_float_dtype(norm_constants, "norm_constants")
         self.norm_math = _parse_float_dtype(norm_math, "norm_math")
         self.frames_not_4k1 = frames_not_4k1
@@ -369,10 +370,10 @@ class WanVAE(nn.Module):
             self.conv2 = CausalConv3d(z_dim, z_dim, 1)
             self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks, attn_scales,
                                      list(reversed(temporal_downsample)), dropout)
-        self.encoder.to(self.dtype)
-        self.conv1.to(self.dtype)
-        self.conv2.to(self.decode_dtype)
-        self.decoder.to(self.decode_dtype)
+        self.encoder.to(dtype)
+        self.conv1.to(dtype)
+        self.conv2.to(decode_dtype)
+        self.decoder.to(decode_dtype)
         if weights_path is not None:
             self.load_wan_state_dict(read_tensor_file(weights_path), source=str(weights_path))
 

@@ -35,12 +35,7 @@ def tensors(file_name: str) -> dict:
 
 
 def golden_dit(dtype: str = "float32"):
-    """The tiny official DiT of case `dit`, built from the manifest's config, with the golden weights."""
-    from kaleido.dit import KaleidoDiT
-    from kaleido.keymap import to_ours
-    from kaleido.official import dit_kwargs_from_official
-    from sgm.weights import load_state_dict_strict
+    """The tiny official DiT of case `dit` with the golden weights (the parity checker's own builder)."""
+    from scripts.check_parity import Golden, build_golden_dit
 
-    model = KaleidoDiT(**dit_kwargs_from_official(manifest()["cases"]["dit"]["config"]["params"], dtype)).eval()
-    load_state_dict_strict(model, to_ours(tensors("dit_weights.safetensors")), "golden dit weights")
-    return model
+    return build_golden_dit(Golden(golden_dir()), dtype)

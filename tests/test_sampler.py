@@ -3,6 +3,7 @@ import re
 import pytest
 import torch
 
+from scripts.check_parity import toy_network  # the documented golden toy velocity
 from sgm.guiders import VanillaCFG
 from sgm.sampling import RFEulerSampler, rf_denoiser
 from sgm.schedules import sampling_sigmas
@@ -16,12 +17,6 @@ def g():
 
 def step_counts():
     return sorted(int(m.group(1)) for name in tensors("sampler.safetensors") if (m := re.fullmatch(r"sigmas_(\d+)", name)))
-
-
-def toy_network(x, timesteps, context, references):
-    """The golden toy velocity (manifest sampler.loop.toy_network): only the sampler is under test."""
-    per_sample = lambda v: v[:, None, None, None, None]
-    return -0.9 * x + 0.25 * per_sample(timesteps / 1000) + per_sample(context.mean(dim=(1, 2))) + 0.5 * references.mean(1, keepdim=True)
 
 
 def test_schedule_tables_are_bitwise(g):
