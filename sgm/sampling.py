@@ -54,7 +54,7 @@ class RFEulerSampler:
         """noise: the σ = 1 state (B, ...); cond/uncond: keyword inputs of the network for each CFG branch."""
         x = noise.float()
         sigmas = self.sigmas(num_steps).to(x.device)
-        steps = tqdm(range(len(sigmas) - 1), desc=description, disable=not self.progress, leave=False)
+        steps = tqdm(range(len(sigmas) - 1), desc=description, disable=not self.progress)
         for i in steps:
             sigma = sigmas[i].expand(x.shape[0])
             x_in, sigma_in, cond_in = self.guider.prepare_inputs(x, sigma, cond, uncond)
