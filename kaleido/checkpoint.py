@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from kaleido.keymap import to_ours
-from sgm.weights import WeightsError, read_tensor_file
+import torch
+
+from kaleido import io
+from kaleido.keymap import SAT_PREFIX, to_layout, to_ours
+from sgm.weights import WeightsError, read_tensor_file, read_torch_container
 
 log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -42,10 +45,37 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
     return model_file
 
 
-def load_dit_weights(path: str | Path) -> dict:
+def read_sat_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> tuple[dict, dict]:
+    """(module state dict with its own key names, the other entries of the container) of a SAT directory or file."""
+    file = resolve_checkpoint_file(path)
+    container = read_torch_container(file, allow_unsafe_pickle)
+    if not isinstance(container, dict) or not isinstance(container.get("module"), dict):
+        raise CheckpointError(f"{file}: not a SAT checkpoint (expected a dict with a 'module' state dict)")
+    return container["module"], {k: v for k, v in container.items() if k != "module"}
+
+
+def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration: int | str = 1,
+                         client_state: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `<directory>/<iteration>/mp_rank_00_model_states.pt` = {'module': {'model.diffusion_model.' + SAT key},
+    **client_state} and then `<directory>/latest` (spec training.md §11.1). `dit_state_dict` is in our layout.
+
+    The iteration folder is written under a temporary name and renamed; `latest` is replaced last, so an
+    interrupted write never leaves `latest` naming an incomplete iteration. Other iterations are kept.
+    """
+    directory = Path(directory)
+    module = {SAT_PREFIX + k: v for k, v in to_layout(dit_state_dict, "sat").items()}
+    target = directory / str(iteration)
+    directory.mkdir(parents=True, exist_ok=True)
+    with io.atomic_directory(target, overwrite=overwrite) as tmp:
+        torch.save({"module": module, **(client_state or {})}, tmp / SAT_MODEL_FILE)
+    io.write_text(directory / "latest", str(iteration))
+    return target / SAT_MODEL_FILE
+
+
+def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False) -> dict:
     """Our-layout DiT state dict from any accepted checkpoint form."""
     file = resolve_checkpoint_file(path)
-    state_dict = read_tensor_file(file)
+    state_dict = read_tensor_file(file, allow_unsafe_pickle)
     foreign = [k for k in state_dict if k.startswith(FOREIGN_PREFIXES)]
     if foreign:
         log.info("%s: ignoring %d tensors of other components (%s...)", file, len(foreign), foreign[0])

@@ -153,3 +153,53 @@ def to_ours(state_dict: dict) -> dict:
         state_dict = {k[len(SAT_PREFIX):] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
     layout = detect_layout(state_dict)
     return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout)
+
+
+# Known Wan2.1 DiT sizes, to name what a foreign checkpoint is (hidden size, layers, FFN width, input channels).
+KNOWN_ARCHITECTURES = {
+    (5120, 40, 13824, 16): "Wan2.1-T2V-14B / Kaleido-14B-S2V",
+    (1536, 30, 8960, 16): "Wan2.1-T2V-1.3B",
+    (5120, 40, 13824, 36): "Wan2.1-I2V-14B (image-to-video: 36 input channels)",
+}
+ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "inner_hidden_size", "in_channels", "out_channels", "text_dim",
+                     "time_freq_dim", "patch_size")
+
+
+def dit_architecture(state_dict: dict) -> dict:
+    """The DiT constructor sizes that an our-layout state dict implies (shapes only: works on meta tensors).
+
+    The head count cannot be read from shapes (q/k norms are full width); it is not part of the result.
+    """
+    patch = state_dict["patch_embedding.weight"].shape       # (hidden, in_channels, pt, ph, pw)
+    head = state_dict["head.linear.weight"].shape             # (out_channels * pt * ph * pw, hidden)
+    patch_size = tuple(patch[2:])
+    return {
+        "hidden_size": patch[0],
+        "num_layers": num_layers_in(state_dict, "ours"),
+        "inner_hidden_size": state_dict["blocks.0.ffn.0.weight"].shape[0] if "blocks.0.ffn.0.weight" in state_dict else None,
+        "in_channels": patch[1],
+        "out_channels": head[0] // (patch_size[0] * patch_size[1] * patch_size[2]),
+        "text_dim": state_dict["text_embedding.0.weight"].shape[1],
+        "time_freq_dim": state_dict["time_embedding.0.weight"].shape[1],
+        "patch_size": patch_size,
+    }
+
+
+def describe_architecture(arch: dict) -> str:
+    name = KNOWN_ARCHITECTURES.get((arch["hidden_size"], arch["num_layers"], arch["inner_hidden_size"], arch["in_channels"]))
+    sizes = ", ".join(f"{k} {arch[k]}" for k in ARCHITECTURE_KEYS)
+    return f"{name} ({sizes})" if name else sizes
+
+
+def architecture_differences(checkpoint: dict, model: dict) -> str:
+    """'hidden_size 1536 (model 5120), num_layers 30 (model 40)...; this checkpoint looks like Wan2.1-T2V-1.3B'
+    for two our-layout state dicts (tensors or shapes); '' when their sizes agree or cannot be read."""
+    try:
+        theirs, ours = dit_architecture(checkpoint), dit_architecture(model)
+    except (KeyError, IndexError, ZeroDivisionError):
+        return ""
+    diffs = [f"{k} {theirs[k]} (model {ours[k]})" for k in ARCHITECTURE_KEYS if theirs[k] != ours[k]]
+    if not diffs:
+        return ""
+    name = KNOWN_ARCHITECTURES.get((theirs["hidden_size"], theirs["num_layers"], theirs["inner_hidden_size"], theirs["in_channels"]))
+    return "checkpoint of another architecture: " + ", ".join(diffs) + (f"; it looks like {name}" if name else "")

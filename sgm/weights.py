@@ -21,22 +21,76 @@ class WeightsError(ValueError):
     """A weights file cannot be read or does not fit its model; the message names the file and the problem."""
 
 
-def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
+LFS_POINTER_PREFIX = b"version https://git-lfs"
+# Numeric numpy dtype classes that DeepSpeed's pickled RNG state may name (numpy >= 1.25 pickles the class).
+_NUMPY_DTYPE_CLASSES = ("UInt32DType", "Int32DType", "UInt64DType", "Int64DType", "Float32DType", "Float64DType", "BoolDType")
+
+
+def numpy_safe_globals() -> list:
+    """The numpy objects a DeepSpeed checkpoint pickles for `np_rng_state` (an MT19937 state array), allow-listed
+    for the weights-only unpickler under both the numpy 2 (`numpy._core`) and numpy 1 (`numpy.core`) names."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed = [(_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+               np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPE_CLASSES if hasattr(dtypes, name)]
+    return allowed
+
+
+def _check_not_lfs_pointer(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER_PREFIX))
+    if head == LFS_POINTER_PREFIX:
+        raise WeightsError(f"{path}: is a Git LFS pointer, not the weights (the clone skipped LFS files): "
+                           "run `git lfs pull` in the model folder, then the release's merge step")
+
+
+def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
+    """The whole object of a torch file (a SAT/DeepSpeed container keeps its client state), read weights-only.
+
+    Only tensors, plain Python containers and the numpy RNG state of DeepSpeed files are unpickled. Anything else
+    is refused with its name, unless `allow_unsafe_pickle` (full unpickling: arbitrary code, trusted files only).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    _check_not_lfs_pointer(path)
+    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format (torch.save's default since 1.6)
+    try:
+        if allow_unsafe_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+        if refused:
+            raise WeightsError(
+                f"{path}: refusing to unpickle {', '.join(refused)} (outside the weights-only allow-list: it could run "
+                "arbitrary code). Re-save the tensors as safetensors, or, for a file you trust, set "
+                "args.allow_unsafe_pickle=true") from None
+        raise WeightsError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})") from None
+
+
+def read_tensor_file(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     """name -> tensor from a `.safetensors` or torch file; a SAT container `{'module': state_dict, ...}` is unwrapped."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    _check_not_lfs_pointer(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own types for truncated or corrupt headers
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        # mmap needs the zip format (torch.save's default since 1.6); legacy files are read into memory.
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})") from None
+    data = read_torch_container(path, allow_unsafe_pickle)
     if isinstance(data, dict) and isinstance(data.get("module"), dict):
         data = data["module"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

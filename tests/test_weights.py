@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sgm.weights import WeightsError, check_state_dict, describe_key_problems, read_tensor_file
+from sgm.weights import WeightsError, check_state_dict, describe_key_problems, read_tensor_file, read_torch_container
 
 
 class Payload:
@@ -28,7 +28,7 @@ def test_reads_torch_safetensors_and_sat_containers(tmp_path):
 def test_refuses_arbitrary_pickles_and_reports_bad_files(tmp_path, capsys):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"w": Payload()}, f, protocol=2)
-    with pytest.raises(WeightsError, match="evil.pt: cannot be read as a weights-only torch file"):
+    with pytest.raises(WeightsError, match=r"evil.pt: refusing to unpickle print \(outside the weights-only allow-list"):
         read_tensor_file(tmp_path / "evil.pt")
     assert "unpickled!" not in capsys.readouterr().out
 
@@ -45,6 +45,26 @@ def test_refuses_arbitrary_pickles_and_reports_bad_files(tmp_path, capsys):
         read_tensor_file(tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="absent.pt: weights file not found"):
         read_tensor_file(tmp_path / "absent.pt")
+    (tmp_path / "pointer.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 508000000\n")
+    with pytest.raises(WeightsError, match="pointer.pth: is a Git LFS pointer, not the weights"):
+        read_tensor_file(tmp_path / "pointer.pth")
+
+
+def test_numpy_rng_state_is_allow_listed_but_other_objects_need_opt_in(tmp_path, capsys):
+    """DeepSpeed files pickle np.random.get_state(); that (and only that kind of numpy object) is read weights-only."""
+    np = pytest.importorskip("numpy")
+    state = {"w": torch.arange(4.0)}
+    torch.save({"module": state, "np_rng_state": np.random.RandomState(3).get_state(), "iteration": 7}, tmp_path / "ds.pt")
+    container = read_torch_container(tmp_path / "ds.pt")
+    assert container["iteration"] == 7 and container["np_rng_state"][1].dtype == np.uint32
+    assert torch.equal(read_tensor_file(tmp_path / "ds.pt")["w"], state["w"])
+
+    torch.save({"module": state, "extra": Payload()}, tmp_path / "custom.pt")
+    with pytest.raises(WeightsError, match="custom.pt: refusing to unpickle .*args.allow_unsafe_pickle=true"):
+        read_tensor_file(tmp_path / "custom.pt")
+    assert "unpickled!" not in capsys.readouterr().out
+    assert torch.equal(read_tensor_file(tmp_path / "custom.pt", allow_unsafe_pickle=True)["w"], state["w"])
+    assert "unpickled!" in capsys.readouterr().out  # the opt-in really does unpickle: trusted files only
 
 
 def test_reports_group_layers_and_name_single_keys():
