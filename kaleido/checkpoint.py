@@ -11,10 +11,12 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kaleido import io
-from kaleido.keymap import SAT_PREFIX, to_layout, to_ours
-from sgm.weights import WeightsError, read_tensor_file, read_torch_container
+from kaleido.keymap import SAT_PREFIX, architecture_differences, to_layout, to_ours
+from sgm.util import random_parameter
+from sgm.weights import WeightsError, describe_key_problems, load_state_dict_strict, read_tensor_file, read_torch_container
 
 log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -72,8 +74,8 @@ def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration:
     return target / SAT_MODEL_FILE
 
 
-def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False) -> dict:
-    """Our-layout DiT state dict from any accepted checkpoint form."""
+def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False, strict: bool = True) -> dict:
+    """Our-layout DiT state dict from any accepted checkpoint form (strict=False: see keymap.from_layout)."""
     file = resolve_checkpoint_file(path)
     state_dict = read_tensor_file(file, allow_unsafe_pickle)
     foreign = [k for k in state_dict if k.startswith(FOREIGN_PREFIXES)]
@@ -81,6 +83,34 @@ def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False) -> dic
         log.info("%s: ignoring %d tensors of other components (%s...)", file, len(foreign), foreign[0])
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(FOREIGN_PREFIXES)}
     try:
-        return to_ours(state_dict)
+        return to_ours(state_dict, strict)
     except WeightsError as err:
         raise CheckpointError(f"{file}: {err}") from None
+
+
+def load_dit_into(network: nn.Module, path: str | Path, force_inference: bool = False,
+                  allow_unsafe_pickle: bool = False, seed: int = 0) -> None:
+    """Load a DiT checkpoint into `network` (typically built on the meta device: tensors are assigned, not copied).
+
+    Strict by default: every missing, unexpected or mis-shaped key is an error, and a checkpoint of other sizes is
+    named by its architecture. force_inference (official parity, quirk Q18): missing keys only warn and get seeded
+    random values (the official model keeps its random init there), unexpected keys are dropped with a warning;
+    shape mismatches stay errors (as in torch's non-strict load).
+    """
+    file = resolve_checkpoint_file(path)
+    state_dict = load_dit_weights(file, allow_unsafe_pickle, strict=not force_inference)
+    own = network.state_dict(keep_vars=True)
+    differences = architecture_differences(state_dict, own)
+    if differences:
+        raise CheckpointError(f"{file}: {differences}. Check args.load and model.network_config.params")
+    if force_inference:
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if missing or unexpected:
+            log.warning("%s: force_inference: partial load (missing keys get random values)\n%s", file,
+                        describe_key_problems(missing, unexpected))
+        state_dict = {k: v for k, v in state_dict.items() if k in own}
+        generator = torch.Generator().manual_seed(seed)
+        for key in sorted(missing):
+            state_dict[key] = random_parameter(key, own[key].shape, generator)
+    load_state_dict_strict(network, state_dict, str(file))

@@ -5,6 +5,7 @@ Layouts: latents (B, T, C, H, W) everywhere outside the VAE; the VAE takes/retur
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import torch
 from torch import nn
@@ -52,9 +53,36 @@ class KaleidoEngine(nn.Module):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    def place(self, device: torch.device, text_encoder_offload: str = "none") -> "KaleidoEngine":
+        """Move components to `device`. text_encoder_offload: 'none' (all there), 'cpu' (the text encoder stays on
+        the CPU), 'free' (only the text encoder goes there now; the DiT and VAE follow in release_text_encoder)."""
+        if text_encoder_offload not in ("none", "cpu", "free"):
+            raise ValueError(f"text_encoder_offload: expected 'none', 'cpu' or 'free', got {text_encoder_offload!r}")
+        if text_encoder_offload == "free":
+            self.conditioner.to(device)
+            self._pending_device = device
+        else:
+            self.network.to(device)
+            self.first_stage.to(device)
+            self.conditioner.to(device if text_encoder_offload == "none" else "cpu")
+        return self
+
+    def release_text_encoder(self) -> None:
+        """Drop the text encoder (its memory is freed), then move the DiT and VAE to the device chosen in place()."""
+        self.conditioner = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        device = getattr(self, "_pending_device", None)
+        if device is not None:
+            self.network.to(device)
+            self.first_stage.to(device)
+
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """-> context (B, L_text, text_dim), padded rows zero."""
+        """-> context (B, L_text, text_dim), padded rows zero, on the text encoder's device."""
+        if self.conditioner is None:
+            raise RuntimeError("the text encoder was released (text_encoder_offload='free'): encode every prompt first")
         return self.conditioner(texts)
 
     @torch.no_grad()
@@ -77,8 +105,8 @@ class KaleidoEngine(nn.Module):
         """
         if references is not None:
             references = references.to(self.device).expand(noise.shape[0], -1, -1, -1, -1)  # one set for every sample
-        cond = {"context": context, "references": references}
-        uncond = {"context": uncond_context, "references": references}
+        cond = {"context": context.to(self.device), "references": references}
+        uncond = {"context": uncond_context.to(self.device), "references": references}
         return self.sampler(rf_denoiser(self.network), noise.to(self.device), cond, uncond, description=description)
 
     @torch.no_grad()

@@ -129,8 +129,10 @@ def to_layout(state_dict: dict, layout: str) -> dict:
     return out
 
 
-def from_layout(state_dict: dict, layout: str) -> dict:
-    """`layout` state dict -> our names (parts concatenated along dim 0). Strict on both sides."""
+def from_layout(state_dict: dict, layout: str, strict: bool = True) -> dict:
+    """`layout` state dict -> our names (parts concatenated along dim 0). Strict on both sides, unless `strict` is
+    False: then what maps is renamed, keys it does not know are kept under their own names (the loader reports
+    them) and missing parts leave their tensor out."""
     num_layers = num_layers_in(state_dict, layout)
     out, used, missing = {}, set(), []
     for ours, theirs in _table(num_layers, layout):
@@ -142,17 +144,19 @@ def from_layout(state_dict: dict, layout: str) -> dict:
         used.update(parts)
         out[ours] = state_dict[parts[0]] if len(parts) == 1 else torch.cat([state_dict[p] for p in parts], dim=0)
     unexpected = [k for k in state_dict if k not in used]
+    if not strict:
+        return out | {k: state_dict[k] for k in unexpected if k not in out}
     if missing or unexpected:
         raise KeyMismatchError(f"weights do not match the {layout} DiT layout:\n" + describe_key_problems(missing, unexpected))
     return out
 
 
-def to_ours(state_dict: dict) -> dict:
+def to_ours(state_dict: dict, strict: bool = True) -> dict:
     """Any supported DiT layout (SAT with or without `model.diffusion_model.`, Wan2.1, diffusers, ours) -> ours."""
     if any(k.startswith(SAT_PREFIX) for k in state_dict):
         state_dict = {k[len(SAT_PREFIX):] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
     layout = detect_layout(state_dict)
-    return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout)
+    return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout, strict)
 
 
 # Known Wan2.1 DiT sizes, to name what a foreign checkpoint is (hidden size, layers, FFN width, input channels).

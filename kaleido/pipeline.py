@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import save_file
 
 from kaleido import io
-from kaleido.checkpoint import load_dit_weights
+from kaleido.checkpoint import load_dit_into
 from kaleido.engine import KaleidoEngine
 from sat.config import Config, ConfigError
 from sgm.util import seeded_random_init_
-from sgm.weights import load_state_dict_strict, read_tensor_file
+from sgm.weights import LFS_POINTER_PREFIX, read_tensor_file
 
 log = logging.getLogger("kaleido")
 
@@ -30,6 +30,8 @@ NEGATIVE_PROMPTS = {
     # Wan2.1's, which has one more item (quirk Q6).
     "@wan": "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走",
 }
+
+TEXT_ENCODER_OFFLOAD = ("none", "cpu", "free")
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: %s have no checkpoint and were initialised randomly (seed %d). The output is noise, "
@@ -44,7 +46,11 @@ class SampleArgs:
 
     input_file: str = "examples/prompts.txt"
     output_dir: str = "outputs"
+    model_root: Optional[str] = None              # release folder; the 14B configs write paths as ${args.model_root}/...
     load: Optional[str] = None                    # DiT checkpoint: SAT directory, .pt or .safetensors
+    force_inference: bool = False                 # Q18: missing DiT keys only warn (official lenient load)
+    allow_unsafe_pickle: bool = False             # full unpickling of args.load (arbitrary code: trusted files only)
+    text_encoder_offload: str = "none"            # 'none', 'cpu' (umT5 runs on the CPU) or 'free' (encode all, then free)
     allow_random_weights: bool = False            # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
     seed: int = 42                                # see the module docstring for the per-line rule
@@ -80,6 +86,7 @@ class SampleArgs:
             "ref_alpha": ("white", "drop"),
             "uint8_rounding": ("round", "truncate"),
             "batch_output_naming": ("numbered", "overwrite"),
+            "text_encoder_offload": TEXT_ENCODER_OFFLOAD,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -103,12 +110,46 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configured_paths(args: SampleArgs, config: Config) -> list[tuple[str, str]]:
+    """(config key, path) of every weight file or folder the run reads: args.load and each `*_path` param."""
+    paths = [("args.load", args.load)] if args.load else []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("_path") and isinstance(value, str):
+                    paths.append((f"{prefix}.{key}", value))
+                walk(value, f"{prefix}.{key}")
+    walk(config.section("model"), "model")
+    return paths
+
+
+def check_weight_paths(args: SampleArgs, config: Config) -> None:
+    """Every configured weight path exists and is not a Git LFS pointer: one error listing all problems, before
+    any model is built (a missing VAE should not surface after the DiT has been read)."""
+    problems = []
+    for key, path in configured_paths(args, config):
+        target = Path(path)
+        if not target.exists():
+            problems.append(f"{path} ({key}, {config.where(key)}) does not exist")
+        elif target.is_file() and target.stat().st_size < 1024 and target.read_bytes().startswith(LFS_POINTER_PREFIX):
+            problems.append(f"{path} ({key}) is a Git LFS pointer: run `git lfs pull` in the model folder")
+    if problems:
+        hint = ""
+        if args.model_root:
+            hint = (f"; args.model_root={args.model_root} ({config.where('args.model_root')}) should be the "
+                    "Kaleido-14B-S2V release folder (README, 'Use the released weights')")
+        raise ConfigError("missing weights: " + "; ".join(problems) + hint)
+
+
 def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
-    """Components from `model:`; DiT weights from args.load (built on the meta device, no random init)."""
-    device = resolve_device(args.device)
+    """Components from `model:`, on the CPU; DiT weights from args.load (built on the meta device and assigned from
+    the memory-mapped checkpoint: no random init, no second copy). `place_engine` moves them to the device."""
+    resolve_device(args.device)  # an unavailable device is reported before any weights are read
+    check_weight_paths(args, config)
     engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
     if args.load:
-        load_state_dict_strict(engine.network, load_dit_weights(args.load), args.load)
+        load_dit_into(engine.network, args.load, args.force_inference, args.allow_unsafe_pickle, args.random_weights_seed)
     components = {
         "DiT": (engine.network, bool(args.load)),
         "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
@@ -126,9 +167,9 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
                 seeded_random_init_(module, args.random_weights_seed + offset)
         log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), args.random_weights_seed)
     network = engine.network
-    log.info("model: DiT %d layers × %d, %s parameters, %s, on %s", len(network.blocks), network.hidden_size,
-             f"{sum(p.numel() for p in network.parameters()):,}", str(network.dtype).removeprefix("torch."), device)
-    return engine.eval().to(device)
+    log.info("model: DiT %d layers × %d, %s parameters, %s", len(network.blocks), network.hidden_size,
+             f"{sum(p.numel() for p in network.parameters()):,}", str(network.dtype).removeprefix("torch."))
+    return engine.eval()
 
 
 def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tuple[int, ...]) -> dict | None:
@@ -153,6 +194,10 @@ def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], tab
     return torch.cat([torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)])
 
 
+def prompt_for_t5(args: SampleArgs, prompt: io.PromptLine) -> str:
+    return prompt.line if args.t5_prompt == "full_line" else prompt.text
+
+
 def output_names(args: SampleArgs) -> list[str]:
     if args.batch_output_naming == "overwrite":
         return ["output.mp4"] * args.batch_size  # official: every sample overwrites the same file; the last wins
@@ -168,7 +213,14 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
     noise_table = load_noise_table(args, prompts, latent_shape)
     log.info("sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s", len(prompts), height, width,
              args.sampling_num_frames, vae.temporal_factor * (args.sampling_num_frames - 1) + 1, args.output_dir)
+    engine.place(resolve_device(args.device), args.text_encoder_offload)
     uncond_context = engine.encode_text([args.negative_prompt_text])
+    contexts = {}
+    if args.text_encoder_offload == "free":  # every prompt now, so the text encoder can leave the device
+        contexts = {p.index: engine.encode_text([prompt_for_t5(args, p)]).cpu() for p in prompts}
+        uncond_context = uncond_context.cpu()
+        engine.release_text_encoder()
+        log.info("text encoder released after encoding %d prompts", len(prompts))
     written = []
     for prompt in prompts:
         folder = Path(args.output_dir) / prompt.folder_name
@@ -187,8 +239,7 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
         else:
             pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
             references = engine.encode_references(pixels)
-        text = prompt.line if args.t5_prompt == "full_line" else prompt.text
-        context = engine.encode_text([text])
+        context = contexts[prompt.index] if contexts else engine.encode_text([prompt_for_t5(args, prompt)])
         noise = initial_noise(args, prompt.index, latent_shape, noise_table)
         batch = noise.shape[0]
         latents = engine.sample(noise, context.expand(batch, -1, -1), uncond_context.expand(batch, -1, -1),

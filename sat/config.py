@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -91,6 +92,24 @@ def _parse_override(item: str) -> dict:
     return node
 
 
+def _check_interpolations(raw: Config, merged: DictConfig) -> None:
+    """Every `${a.b}` (e.g. ${args.model_root}) names a key that is set: a null one would silently become "None"."""
+    def strings(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from strings(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, list):
+            for value in node:
+                yield from strings(value, prefix)
+        elif isinstance(node, str):
+            yield prefix, node
+
+    for path, value in strings(raw.data, ""):
+        for ref in re.findall(r"\$\{([\w.]+)\}", value):
+            if OmegaConf.select(merged, ref, throw_on_resolution_failure=False) is None:
+                raise ConfigError(f"{raw.where(path)}: {path} uses ${{{ref}}}, which is not set ({ref}=... on the command line)")
+
+
 def load_config(base_files: list[str], overrides: list[str] = (), sections: Iterable[str] = ("model", "args")) -> Config:
     """Merge YAML files (later wins), then `key=value` overrides, recording the origin of every key."""
     if not base_files:
@@ -110,7 +129,11 @@ def load_config(base_files: list[str], overrides: list[str] = (), sections: Iter
             raise ConfigError(f"{source}: cannot merge: {str(err).splitlines()[0]}") from None
         for path in _leaves(data):
             origins[path] = source
-    plain = OmegaConf.to_container(merged, resolve=True)
+    _check_interpolations(Config(OmegaConf.to_container(merged, resolve=False), origins), merged)
+    try:
+        plain = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve the config: {str(err).splitlines()[0]}") from None
     return Config(plain, origins)
 
 

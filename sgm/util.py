@@ -100,6 +100,19 @@ def instantiate_from_config(node, path: str = "config", where=lambda path: "conf
         raise InstantiationError(f"{where(f'{path}.params')}: {target} rejected '{path}.params': {err}") from None
 
 
+def random_parameter(name: str, shape, generator: torch.Generator) -> torch.Tensor:
+    """A float32 seeded draw of a sensible scale for the parameter `name` (see seeded_random_init_)."""
+    draw = torch.randn(shape, generator=generator, dtype=torch.float32)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "gamma" or ("norm" in name and leaf == "weight"):
+        return 1 + 0.05 * draw
+    if "modulation" in name:
+        return 0.3 * draw
+    if len(shape) >= 2:
+        return draw / math.sqrt(math.prod(shape[1:]))
+    return 0.05 * draw
+
+
 @torch.no_grad()
 def seeded_random_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Overwrite every parameter with seeded random values of a sensible scale (smoke tests, random demos).
@@ -109,15 +122,5 @@ def seeded_random_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """
     generator = torch.Generator().manual_seed(seed)
     for name, param in sorted(module.named_parameters()):
-        draw = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "gamma" or ("norm" in name and leaf == "weight"):
-            value = 1 + 0.05 * draw
-        elif "modulation" in name:
-            value = 0.3 * draw
-        elif param.ndim >= 2:
-            value = draw / math.sqrt(param[0].numel())
-        else:
-            value = 0.05 * draw
-        param.copy_(value.to(param.dtype))
+        param.copy_(random_parameter(name, param.shape, generator).to(param.dtype))
     return module

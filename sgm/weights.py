@@ -131,6 +131,29 @@ def describe_key_problems(missing=(), unexpected=(), mismatched=(), *, limit: in
     return "\n".join(lines)
 
 
+# Marker keys of the weight files a user may pass by mistake: (description, keys that must all be present).
+_KNOWN_FILES = [
+    ("the umT5 text encoder (Wan names)", ("token_embedding.weight", "blocks.0.attn.q.weight")),
+    ("the Wan2.1 VAE", ("encoder.conv1.weight", "decoder.conv1.weight", "conv1.weight")),
+    ("a Wan DiT", ("patch_embedding.weight", "blocks.0.self_attn.q.weight")),
+    ("a Kaleido/SAT DiT", ("model.diffusion_model.mixins.patch_embed.proj.weight",)),
+    ("a Kaleido/SAT DiT", ("mixins.patch_embed.proj.weight",)),
+    ("a diffusers DiT", ("patch_embedding.weight", "condition_embedder.time_proj.weight")),
+    ("a diffusers AutoencoderKLWan", ("encoder.conv_in.weight", "decoder.conv_in.weight")),
+    ("a transformers T5/umT5 checkpoint (Hugging Face names)", ("shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight")),
+    ("a transformers T5/umT5 encoder (Hugging Face names)", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
+]
+
+
+def identify_weights(keys) -> str | None:
+    """What a state dict most likely is, from marker keys; None when unknown."""
+    keys = set(keys)
+    for description, markers in _KNOWN_FILES:
+        if all(marker in keys for marker in markers):
+            return description
+    return None
+
+
 def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str, what: str = "the model") -> None:
     """Raise WeightsError naming `source` unless keys and shapes equal `expected` (key -> shape) exactly."""
     missing = [k for k in expected if k not in state_dict]
@@ -138,7 +161,10 @@ def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str
     mismatched = [(k, expected[k], state_dict[k].shape) for k in expected
                   if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
     if missing or unexpected or mismatched:
-        raise WeightsError(f"{source}: weights do not fit {what}\n" + describe_key_problems(missing, unexpected, mismatched))
+        headline = f"{source}: weights do not fit {what}"
+        if len(missing) > len(expected) / 2 and (guess := identify_weights(state_dict)):
+            headline += f": this file looks like {guess}"
+        raise WeightsError(headline + "\n" + describe_key_problems(missing, unexpected, mismatched))
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = True) -> None:
