@@ -1,31 +1,53 @@
 """Reading DiT weights from the official formats (spec dit.md §7.4, training.md §11).
 
 Accepted: a SAT checkpoint directory (`latest` naming an iteration folder holding `mp_rank_00_model_states.pt`),
-a `.pt`/`.pth` file (a `{'module': state_dict}` container or a bare state dict), a `.safetensors` file, with
-SAT (with or without `model.diffusion_model.`), Wan2.1 native or diffusers key names. Files are read with
-`torch.load(weights_only=True, mmap=True)`: no arbitrary unpickling.
+a `.pt`/`.pth` file (a `{'module': state_dict}` container or a bare state dict), a `.safetensors` file, or a folder
+of safetensors shards (with or without a `*.safetensors.index.json`), with SAT (with or without
+`model.diffusion_model.`), Wan2.1 native or diffusers key names. Torch files are read with
+`torch.load(weights_only=True, mmap=True)`: no arbitrary unpickling. Also the SAT checkpoint writer.
 """
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from kaleido import io
 from kaleido.keymap import SAT_PREFIX, architecture_differences, to_layout, to_ours
 from sgm.util import random_parameter
-from sgm.weights import WeightsError, describe_key_problems, load_state_dict_strict, read_tensor_file, read_torch_container
+from sgm.weights import (
+    LFS_POINTER_PREFIX,
+    WeightsError,
+    describe_key_problems,
+    load_state_dict_strict,
+    read_tensor_file,
+    read_torch_container,
+)
 
 log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
+WAN_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 # Keys of other components that official checkpoints may carry (umT5 in FSDP2 files); reported, not loaded.
 FOREIGN_PREFIXES = ("conditioner.", "first_stage_model.")
 
 
 class CheckpointError(WeightsError):
     """A checkpoint cannot be read; the message names the path and what was expected."""
+
+
+def is_shard_folder(path: Path) -> bool:
+    """A folder without `latest`: Wan2.1 / diffusers safetensors shards, not a SAT directory."""
+    return path.is_dir() and not (path / "latest").exists()
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:
@@ -45,6 +67,93 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
     if not model_file.is_file():
         raise CheckpointError(f"{latest} names iteration '{iteration}' but {model_file} does not exist")
     return model_file
+
+
+@dataclass
+class Source:
+    """The tensors of a checkpoint: `meta` holds every name's shape and dtype (no data), `read` loads one tensor."""
+    path: Path
+    format: str
+    meta: dict[str, torch.Tensor]
+    read: Callable[[str], torch.Tensor]
+    extra: dict = field(default_factory=dict)  # non-tensor entries of a SAT container (client state)
+
+
+def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """Shards of a Wan2.1 folder: those its index names (and its weight_map), else every `*.safetensors`."""
+    index = folder / WAN_INDEX
+    if not index.is_file():
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{folder}: no *.safetensors shards and no {WAN_INDEX} (expected a Wan2.1 DiT folder "
+                               "or a SAT directory with a 'latest' file)")
+        return files, None
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a safetensors index (expected JSON with a 'weight_map' of key -> shard file)")
+    absent = sorted(name for name in set(weight_map.values()) if not (folder / name).is_file())
+    if absent:
+        raise CheckpointError(f"{index}: names shard files that do not exist: {', '.join(absent)}")
+    return [folder / name for name in sorted(set(weight_map.values()))], weight_map
+
+
+def _safetensors_source(path: Path, files: list[Path], weight_map: dict | None, stack: ExitStack) -> Source:
+    handles, meta, where = {}, {}, {}
+    for file in files:
+        with open(file, "rb") as f:
+            if f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
+                raise CheckpointError(f"{file}: is a Git LFS pointer, not the weights (run `git lfs pull`)")
+        try:
+            handle = stack.enter_context(safe_open(str(file), framework="pt"))
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                if name in where:
+                    raise CheckpointError(f"{file}: tensor '{name}' is also in {where[name]}")
+                part = handle.get_slice(name)
+                meta[name] = torch.empty(part.get_shape(), dtype=_ST_DTYPES[part.get_dtype()], device="meta")
+                handles[name], where[name] = handle, file.name
+        except (SafetensorError, OSError, KeyError) as err:  # KeyError: a dtype torch does not have
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+    if weight_map is not None:
+        misplaced = [k for k, shard in weight_map.items() if where.get(k) != shard]
+        unlisted = [k for k in where if k not in weight_map]
+        if misplaced or unlisted:
+            raise CheckpointError(f"{path / WAN_INDEX}: index and shards disagree (missing = named by the index but not "
+                               "in that shard; unexpected = in a shard but not in the index)\n"
+                               + describe_key_problems(misplaced, unlisted))
+    fmt = "safetensors file" if path.is_file() else f"safetensors folder ({len(files)} shard{'s' * (len(files) > 1)}{', indexed' if weight_map else ''})"
+    return Source(path, fmt, meta, lambda name: handles[name].get_tensor(name))
+
+
+def _torch_source(path: Path, allow_unsafe_pickle: bool) -> Source:
+    file = resolve_checkpoint_file(path)
+    data = read_torch_container(file, allow_unsafe_pickle)
+    extra, fmt = {}, "torch state dict"
+    if isinstance(data, dict) and isinstance(data.get("module"), dict):
+        data, extra, fmt = data["module"], {k: v for k, v in data.items() if k != "module"}, "SAT/DeepSpeed container"
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{file}: expected a dict of tensors or a SAT container {{'module': ...}}, got {type(data).__name__}")
+    meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in data.items()}
+    return Source(file, fmt, meta, data.__getitem__, extra)
+
+
+@contextmanager
+def open_source(path: str | Path, allow_unsafe_pickle: bool = False) -> Iterator[Source]:
+    """A SAT directory (via `latest`), a torch file, a `.safetensors` file or a folder of safetensors shards."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found (expected a SAT directory, a .pt/.pth/.safetensors file or a folder of "
+                           "safetensors shards)")
+    with ExitStack() as stack:
+        if is_shard_folder(path):
+            source = _safetensors_source(path, *_wan_shard_files(path), stack)
+        elif path.suffix == ".safetensors":
+            source = _safetensors_source(path, [path], None, stack)
+        else:
+            source = _torch_source(path, allow_unsafe_pickle)
+        yield source
 
 
 def read_sat_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> tuple[dict, dict]:
@@ -76,8 +185,13 @@ def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration:
 
 def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False, strict: bool = True) -> dict:
     """Our-layout DiT state dict from any accepted checkpoint form (strict=False: see keymap.from_layout)."""
-    file = resolve_checkpoint_file(path)
-    state_dict = read_tensor_file(file, allow_unsafe_pickle)
+    path = Path(path)
+    if is_shard_folder(path):
+        with open_source(path) as source:
+            state_dict, file = {name: source.read(name) for name in source.meta}, path
+    else:
+        file = resolve_checkpoint_file(path)
+        state_dict = read_tensor_file(file, allow_unsafe_pickle)
     foreign = [k for k in state_dict if k.startswith(FOREIGN_PREFIXES)]
     if foreign:
         log.info("%s: ignoring %d tensors of other components (%s...)", file, len(foreign), foreign[0])
@@ -97,7 +211,7 @@ def load_dit_into(network: nn.Module, path: str | Path, force_inference: bool = 
     random values (the official model keeps its random init there), unexpected keys are dropped with a warning;
     shape mismatches stay errors (as in torch's non-strict load).
     """
-    file = resolve_checkpoint_file(path)
+    file = Path(path) if is_shard_folder(Path(path)) else resolve_checkpoint_file(path)
     state_dict = load_dit_weights(file, allow_unsafe_pickle, strict=not force_inference)
     own = network.state_dict(keep_vars=True)
     differences = architecture_differences(state_dict, own)

@@ -75,7 +75,7 @@ class KeyMismatchError(WeightsError):
     """A state dict does not fit the expected layout; the message lists every problem, grouped."""
 
 
-def _table(num_layers: int, layout: str) -> list[tuple[str, str | tuple[str, ...]]]:
+def key_table(num_layers: int, layout: str) -> list[tuple[str, str | tuple[str, ...]]]:
     """[(our key, their key or fused parts)] for one layout."""
     column = LAYOUTS.index(layout) + 1
     rows = [(row[0], row[column]) for row in _GLOBAL]
@@ -112,7 +112,7 @@ def to_layout(state_dict: dict, layout: str) -> dict:
     """Our state dict -> `layout` names (fused tensors split into their parts). Strict."""
     num_layers = num_layers_in(state_dict, "ours")
     out, seen = {}, set()
-    for ours, theirs in _table(num_layers, layout):
+    for ours, theirs in key_table(num_layers, layout):
         if ours not in state_dict:
             continue
         seen.add(ours)
@@ -122,7 +122,7 @@ def to_layout(state_dict: dict, layout: str) -> dict:
                 out[name] = part
         else:
             out[theirs] = tensor
-    missing = [k for k, _ in _table(num_layers, layout) if k not in state_dict]
+    missing = [k for k, _ in key_table(num_layers, layout) if k not in state_dict]
     unexpected = [k for k in state_dict if k not in seen]
     if missing or unexpected:
         raise KeyMismatchError("cannot convert to the " + layout + " layout:\n" + describe_key_problems(missing, unexpected))
@@ -135,7 +135,7 @@ def from_layout(state_dict: dict, layout: str, strict: bool = True) -> dict:
     them) and missing parts leave their tensor out."""
     num_layers = num_layers_in(state_dict, layout)
     out, used, missing = {}, set(), []
-    for ours, theirs in _table(num_layers, layout):
+    for ours, theirs in key_table(num_layers, layout):
         parts = theirs if isinstance(theirs, tuple) else (theirs,)
         absent = [p for p in parts if p not in state_dict]
         if absent:

@@ -52,6 +52,15 @@ def _check_not_lfs_pointer(path: Path) -> None:
                            "run `git lfs pull` in the model folder, then the release's merge step")
 
 
+def _host_memory_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+        return (info["MemTotal"] + info.get("SwapTotal", 0)) / 2**20
+    except (OSError, KeyError, ValueError, IndexError):
+        return float("nan")
+
+
 def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
     """The whole object of a torch file (a SAT/DeepSpeed container keeps its client state), read weights-only.
 
@@ -70,6 +79,11 @@ def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "unable to mmap" in str(err) and "Cannot allocate memory" in str(err):
+            raise WeightsError(
+                f"{path}: the kernel refused to memory-map this {path.stat().st_size / 1e9:.1f} GB file privately "
+                f"(host RAM + swap here: {_host_memory_gib():.0f} GiB). Pages are only read on use, but a private "
+                "mapping must fit in RAM + swap: add swap or use a machine with more host memory") from None
         refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
         if refused:
             raise WeightsError(

@@ -181,3 +181,15 @@ def test_force_inference_loads_partial_checkpoints_with_a_warning(release, tmp_p
     assert sample_from_root(root, tmp_path / "lenient", f"args.load={tmp_path / 'partial'}", "args.force_inference=true") == 0
     assert "force_inference: partial load" in caplog.text and "blocks.1.cross_attn.q.weight" in caplog.text
     assert (tmp_path / "lenient" / LATENT).is_file()
+
+
+def test_converted_forms_load_directly_with_the_same_latents(release, tmp_path):
+    """args.load also takes a Wan2.1 shard folder (+ index) and the one-file safetensors export of the SAT file."""
+    from kaleido import convert
+    work, root, memory = release
+    shards = convert.sat_to_wan(root / "model", tmp_path / "wan", max_shard_size=200_000)
+    assert len(shards) > 1 and (tmp_path / "wan" / convert.WAN_INDEX).is_file()
+    convert.sat_to_safetensors(root / "model", tmp_path / "kaleido.safetensors")
+    for name, load in (("wan", tmp_path / "wan"), ("st", tmp_path / "kaleido.safetensors")):
+        assert sample_from_root(root, tmp_path / name, f"args.load={load}") == 0
+        assert torch.equal(load_file(str(tmp_path / name / LATENT))["latent"], memory), name
