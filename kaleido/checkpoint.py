@@ -33,6 +33,7 @@ from sgm.weights import (
 
 log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
+FSDP2_MODEL_FILE = "fsdp2_rank_0000_checkpoint.pt"  # official FSDP2 output: fp32 DiT + umT5 under conditioner.*
 WAN_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -63,10 +64,11 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
     iteration = latest.read_text().strip()
     if not iteration:
         raise CheckpointError(f"{latest}: empty; expected an iteration number or 'release'")
-    model_file = path / iteration / SAT_MODEL_FILE
-    if not model_file.is_file():
-        raise CheckpointError(f"{latest} names iteration '{iteration}' but {model_file} does not exist")
-    return model_file
+    for name in (SAT_MODEL_FILE, FSDP2_MODEL_FILE):
+        if (path / iteration / name).is_file():
+            return path / iteration / name
+    raise CheckpointError(f"{latest} names iteration '{iteration}' but {path / iteration} holds neither "
+                          f"{SAT_MODEL_FILE} nor {FSDP2_MODEL_FILE}")
 
 
 @dataclass

@@ -193,3 +193,104 @@ def test_converted_forms_load_directly_with_the_same_latents(release, tmp_path):
     for name, load in (("wan", tmp_path / "wan"), ("st", tmp_path / "kaleido.safetensors")):
         assert sample_from_root(root, tmp_path / name, f"args.load={load}") == 0
         assert torch.equal(load_file(str(tmp_path / name / LATENT))["latent"], memory), name
+
+
+def _truncated_copy(source, target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_latest", "no *.safetensors shards and no diffusion_pytorch_model.safetensors.index.json"),
+    ("missing_iteration", "latest names iteration '7' but"),
+    ("truncated_pt", "mp_rank_00_model_states.pt: cannot be read as a weights-only torch file"),
+    ("corrupt_safetensors", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    ("tokenizer_incomplete", "incomplete tokenizer folder"),
+])
+def test_bad_release_files_are_one_clear_error_and_write_nothing(release, tmp_path, capsys, case, message):
+    work, root, _ = release
+    broken = tmp_path / "root"
+    shutil.copytree(root, broken)
+    model = broken / "model"
+    if case == "no_latest":
+        (model / "latest").unlink()
+        shutil.rmtree(model / "release")
+    elif case == "missing_iteration":
+        (model / "latest").write_text("7\n")
+    elif case == "truncated_pt":
+        _truncated_copy(root / "model/release/mp_rank_00_model_states.pt", model / "release/mp_rank_00_model_states.pt")
+    elif case == "corrupt_safetensors":
+        shutil.rmtree(model)
+        model.mkdir()
+        (model / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    elif case == "tokenizer_incomplete":
+        for file in (broken / "umt5-xxl").glob("tokenizer*"):
+            file.unlink()
+    assert sample_from_root(broken, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fsdp2_checkpoint_file_is_found_and_its_text_encoder_keys_ignored(release, tmp_path, caplog):
+    """Official FSDP2 output: `<iter>/fsdp2_rank_0000_checkpoint.pt` with the DiT in fp32 and umT5 under
+    conditioner.embedders.0.model.* (reported and ignored, not loaded into the DiT)."""
+    from kaleido.checkpoint import read_sat_checkpoint
+    work, root, memory = release
+    module, _ = read_sat_checkpoint(root / "model")
+    umt5 = torch.load(root / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
+    module |= {f"conditioner.embedders.0.model.{k}": v for k, v in umt5.items()}
+    (tmp_path / "fsdp/5").mkdir(parents=True)
+    torch.save({"module": module, "iteration": 5, "np_rng_state": __import__("numpy").random.get_state()},
+               tmp_path / "fsdp/5/fsdp2_rank_0000_checkpoint.pt")
+    (tmp_path / "fsdp/latest").write_text("5")
+    caplog.set_level("INFO")
+    assert sample_from_root(root, tmp_path / "out", f"args.load={tmp_path / 'fsdp'}") == 0
+    assert f"ignoring {len(umt5)} tensors of other components" in caplog.text
+    assert torch.equal(load_file(str(tmp_path / "out" / LATENT))["latent"], memory)
+
+
+def test_golden_weights_in_official_files_reproduce_the_golden_outputs(tmp_path):
+    """The golden (official-code) weights written as a SAT directory, Wan2.1 shards, Wan2.1_VAE.pth and the umT5
+    .pth, loaded through the real loaders into meta-built modules, reproduce the golden outputs."""
+    from kaleido import convert
+    from kaleido.checkpoint import load_dit_into, write_sat_checkpoint
+    from kaleido.dit import KaleidoDiT
+    from kaleido.keymap import to_ours
+    from kaleido.official import dit_kwargs_from_official
+    from scripts.check_parity import TOLERANCE
+    from sgm.umt5 import UMT5Encoder, load_umt5_weights
+    from sgm.vae import WanVAE
+    from tests.golden import manifest, tensors
+
+    cases = manifest()["cases"]
+    dit_io = tensors("dit_io.safetensors")
+    write_sat_checkpoint(tmp_path / "sat", to_ours(tensors("dit_weights.safetensors")))
+    convert.sat_to_wan(tmp_path / "sat", tmp_path / "wan", max_shard_size=100_000,
+                       num_heads=cases["dit"]["config"]["params"]["num_attention_heads"])
+    for checkpoint in (tmp_path / "sat", tmp_path / "wan"):
+        with torch.device("meta"):
+            model = KaleidoDiT(**dit_kwargs_from_official(cases["dit"]["config"]["params"]))
+        load_dit_into(model, checkpoint)
+        with torch.no_grad():
+            out = model.eval()(dit_io["x"], dit_io["timesteps"], dit_io["context"], dit_io["subjects_3ref"])
+        assert (out - dit_io["out_3ref"]).abs().max() <= TOLERANCE["dit"], checkpoint.name
+
+    vae_io = tensors("vae_io.safetensors")
+    torch.save(tensors("vae_weights.safetensors"), tmp_path / "Wan2.1_VAE.pth")
+    args = dict(cases["vae"]["constructor_args_WanVAE_"])
+    args["temporal_downsample"] = args.pop("temperal_downsample")
+    vae = WanVAE(**args, dtype="float32", norm_constants="float32", weights_path=str(tmp_path / "Wan2.1_VAE.pth"))
+    with torch.no_grad():
+        assert (vae.decode(vae_io["latent_in"]) - vae_io["x_decoded"]).abs().max() <= TOLERANCE["vae_decode"]
+
+    umt5_io = tensors("umt5_io.safetensors")
+    (tmp_path / "umt5-xxl").mkdir()
+    torch.save(tensors("umt5_weights.safetensors"), tmp_path / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth")
+    a = cases["umt5"]["constructor_args"]
+    with torch.device("meta"):
+        encoder = UMT5Encoder(vocab_size=a["vocab_size"], dim=a["dim"], dim_attn=a["dim_attn"], dim_ffn=a["dim_ffn"],
+                              num_heads=a["num_heads"], num_layers=a["encoder_layers"], num_buckets=a["num_buckets"])
+    load_umt5_weights(encoder, tmp_path / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth")
+    with torch.no_grad():
+        assert (encoder.eval()(umt5_io["ids"], umt5_io["mask"]) - umt5_io["hidden"]).abs().max() <= TOLERANCE["umt5"]
