@@ -127,8 +127,13 @@ def configured_paths(args: SampleArgs, config: Config) -> list[tuple[str, str]]:
 def check_weight_paths(args: SampleArgs, config: Config) -> None:
     """Every configured weight path exists and is not a Git LFS pointer: one error listing all problems, before
     any model is built (a missing VAE should not surface after the DiT has been read)."""
+    paths = configured_paths(args, config)
+    root = args.model_root
+    if root and not Path(root).is_dir() and any(path.startswith(root) for _, path in paths):
+        raise ConfigError(f"args.model_root={root} ({config.where('args.model_root')}): no such folder; it should be the "
+                          "Kaleido-14B-S2V release (README, 'Use the released weights')")
     problems = []
-    for key, path in configured_paths(args, config):
+    for key, path in paths:
         target = Path(path)
         if not target.exists():
             problems.append(f"{path} ({key}, {config.where(key)}) does not exist")

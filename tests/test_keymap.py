@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from kaleido.dit import KaleidoDiT
-from kaleido.keymap import SAT_PREFIX, KeyMismatchError, to_layout, to_ours
+from kaleido.keymap import SAT_PREFIX, KeyMismatchError, from_layout, to_layout, to_ours
 from sgm.weights import WeightsError, load_state_dict_strict
 from tests.golden import REPO, manifest, tensors
 
@@ -106,3 +106,18 @@ def test_missing_unexpected_and_shapes_are_reported_grouped():
         load_state_dict_strict(model, narrow, "narrow.pt")
     assert "3 shape mismatches" in str(err.value)
     assert "3 × blocks.{i}.cross_attn.kv.weight: expected [64, 32] got [32, 32]" in str(err.value)
+
+
+def test_a_wan_1_3b_checkpoint_is_named_by_its_differing_sizes():
+    """Wan2.1-T2V-1.3B (dim 1536, 30 layers, ffn 8960, 12 heads; Wan's published config) against the 14B config."""
+    from kaleido.keymap import architecture_differences
+    params = yaml.safe_load((REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml").read_text())["model"]["network_config"]["params"]
+    with torch.device("meta"):
+        model_14b = KaleidoDiT(**params)
+        wan_1_3b = KaleidoDiT(**{**params, "hidden_size": 1536, "num_layers": 30, "inner_hidden_size": 8960, "num_attention_heads": 12})
+    wan_keys = to_layout(wan_1_3b.state_dict(), "wan")
+    assert len(wan_keys) == 15 + 30 * 27  # Wan's own names, q/k/v separate
+    message = architecture_differences(from_layout(wan_keys, "wan"), model_14b.state_dict())
+    assert message == ("checkpoint of another architecture: hidden_size 1536 (model 5120), num_layers 30 (model 40), "
+                       "inner_hidden_size 8960 (model 13824); it looks like Wan2.1-T2V-1.3B")
+    assert architecture_differences(model_14b.state_dict(), model_14b.state_dict()) == ""

@@ -294,3 +294,11 @@ def test_golden_weights_in_official_files_reproduce_the_golden_outputs(tmp_path)
     load_umt5_weights(encoder, tmp_path / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth")
     with torch.no_grad():
         assert (encoder.eval()(umt5_io["ids"], umt5_io["mask"]) - umt5_io["hidden"]).abs().max() <= TOLERANCE["umt5"]
+
+
+def test_absent_model_root_is_named_once(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the shipped run config's prompt file and its references
+    assert sample_video.main(["--base", *RELEASE, "args.model_root=/nonexistent/Kaleido-14B-S2V"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: args.model_root=/nonexistent/Kaleido-14B-S2V (override 'args.model_root=/nonexistent/Kaleido-14B-S2V'): "
+                   "no such folder; it should be the Kaleido-14B-S2V release (README, 'Use the released weights')")
