@@ -51,6 +51,17 @@ def is_shard_folder(path: Path) -> bool:
     return path.is_dir() and not (path / "latest").exists()
 
 
+def split_parts_hint(folder: Path) -> str:
+    """'; it holds split parts (...): run the release's merge_kaleido.py first' when `folder` (or a subfolder) has
+    pieces of a model-states file that were never merged; '' otherwise."""
+    candidates = [*folder.glob("*"), *folder.glob("*/*")] if folder.is_dir() else []
+    parts = sorted(p.name for p in candidates if p.is_file() and p.name.startswith(SAT_MODEL_FILE) and p.name != SAT_MODEL_FILE)
+    if not parts:
+        return ""
+    shown = ", ".join(parts[:3]) + (", ..." if len(parts) > 3 else "")
+    return f"; it holds split parts ({shown}): run the release's merge_kaleido.py in the model folder first"
+
+
 def resolve_checkpoint_file(path: str | Path) -> Path:
     """A SAT directory -> its model-states file (via `latest`); a file -> itself."""
     path = Path(path)
@@ -68,7 +79,7 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
         if (path / iteration / name).is_file():
             return path / iteration / name
     raise CheckpointError(f"{latest} names iteration '{iteration}' but {path / iteration} holds neither "
-                          f"{SAT_MODEL_FILE} nor {FSDP2_MODEL_FILE}")
+                          f"{SAT_MODEL_FILE} nor {FSDP2_MODEL_FILE}{split_parts_hint(path / iteration)}")
 
 
 @dataclass
@@ -88,7 +99,7 @@ def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{folder}: no *.safetensors shards and no {WAN_INDEX} (expected a Wan2.1 DiT folder "
-                               "or a SAT directory with a 'latest' file)")
+                                  f"or a SAT directory with a 'latest' file){split_parts_hint(folder)}")
         return files, None
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")

@@ -206,6 +206,8 @@ def _truncated_copy(source, target):
     ("truncated_pt", "mp_rank_00_model_states.pt: cannot be read as a weights-only torch file"),
     ("corrupt_safetensors", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
     ("tokenizer_incomplete", "incomplete tokenizer folder"),
+    ("unmerged_parts", "it holds split parts (mp_rank_00_model_states.pt.part_aa, mp_rank_00_model_states.pt.part_ab): "
+                       "run the release's merge_kaleido.py"),
 ])
 def test_bad_release_files_are_one_clear_error_and_write_nothing(release, tmp_path, capsys, case, message):
     work, root, _ = release
@@ -223,6 +225,11 @@ def test_bad_release_files_are_one_clear_error_and_write_nothing(release, tmp_pa
         shutil.rmtree(model)
         model.mkdir()
         (model / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    elif case == "unmerged_parts":  # a clone whose split DiT file was never merged
+        data = (model / "release/mp_rank_00_model_states.pt").read_bytes()
+        (model / "release/mp_rank_00_model_states.pt").unlink()
+        (model / "release/mp_rank_00_model_states.pt.part_aa").write_bytes(data[: len(data) // 2])
+        (model / "release/mp_rank_00_model_states.pt.part_ab").write_bytes(data[len(data) // 2:])
     elif case == "tokenizer_incomplete":
         for file in (broken / "umt5-xxl").glob("tokenizer*"):
             file.unlink()
