@@ -14,7 +14,8 @@ import logging
 import sys
 
 from kaleido.io import InputError, read_prompt_file
-from kaleido.pipeline import SampleArgs, build_engine, run
+from kaleido.pipeline import SampleArgs, build_engine, resolve_device, run, sharding_plan
+from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
 from sgm.util import InstantiationError
 from sgm.weights import WeightsError
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="same as args.overwrite=true")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     cli = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    world_size, rank, local_rank = parallel.launched_world()
+    rank_tag = f"[rank {rank}] " if world_size > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {rank_tag}%(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     # `--base a.yaml b.yaml key=value` hands the trailing overrides to --base: move them back.
     overrides = [item for item in cli.base if "=" in item] + list(cli.overrides)
@@ -42,13 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(base_files, overrides)
         args = parse_args(SampleArgs, config)
-        # Every prompt line and reference image is checked before any model work.
+        # The layout, every prompt line and reference image are checked before any model work.
+        parallel.check_layout(world_size, args.sequence_parallel_size)
+        plan = sharding_plan(args, config, args.sequence_parallel_size)
         lines = read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+        state = parallel.initialize(args.sequence_parallel_size, resolve_device(args.device, local_rank))
+        if not state.is_sp_source:  # the source of each sequence-parallel group reports for it
+            logging.getLogger().setLevel(logging.WARNING)
+        if rank == 0:
+            logging.getLogger("kaleido").info("parallel layout: %s%s", state.describe(),
+                                              f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "")
         engine = build_engine(args, config)
-        run(args, engine, lines)
-    except (ConfigError, InstantiationError, InputError, WeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        run(args, engine, lines, state, plan)
+        parallel.barrier(state)  # every rank's lines are written before any process reports success
+    except (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError) as err:
+        print(f"{rank_tag}error: {err}", file=sys.stderr)
         return 2
+    finally:
+        parallel.shutdown()
     return 0
 
 

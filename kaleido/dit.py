@@ -187,11 +187,12 @@ class KaleidoDiT(nn.Module):
         context: torch.Tensor,
         references: torch.Tensor | None = None,
         grid_offset: tuple[int, int] = (0, 0),
+        full_grid: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Velocity for the video frames; see the module docstring for layouts.
 
-        grid_offset: (row, column) token offset of this latent window inside the full latent (sequence
-        parallelism passes its local chunk; every token keeps its full-sequence position).
+        grid_offset, full_grid: under sequence parallelism x and references are a window of the full latent; its
+        (row, column) token offset and the full token grid (h, w) keep every token at its full-sequence position.
         """
         batch, frames, _, height, width = x.shape
         _, p_h, p_w = self.patch_size
@@ -214,7 +215,7 @@ class KaleidoDiT(nn.Module):
         adaln = self.time_projection(time_embedding).unflatten(1, (6, self.hidden_size))
         context = self.text_embedding(context.to(dtype))
 
-        positions = token_positions(num_refs, frames, grid, self.placement, grid_offset).to(x.device)
+        positions = token_positions(num_refs, frames, grid, self.placement, grid_offset, full_grid).to(x.device)
         rotary = Rotary(*rope_cos_sin(positions, self.head_dim, self.rope_theta), self.interleaved_rope, self.rope_float32)
         for block in self.blocks:
             tokens = block(tokens, adaln, context, rotary)

@@ -97,17 +97,22 @@ class KaleidoEngine(nn.Module):
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, context: torch.Tensor, uncond_context: torch.Tensor,
-               references: torch.Tensor | None, description: str = "sampling") -> torch.Tensor:
+               references: torch.Tensor | None, description: str = "sampling",
+               grid_offset: tuple[int, int] = (0, 0), full_grid: tuple[int, int] | None = None) -> torch.Tensor:
         """noise (B, T, C, h, w) at σ = 1 -> clean latents (B, T, C, h, w) float32.
 
         context, uncond_context: (B, L_text, text_dim); references: (1 or B, N, C, h, w) or None.
-        CFG is text-only: both branches get the same (clean) references.
+        CFG is text-only: both branches get the same (clean) references. grid_offset, full_grid: the window of
+        the full latent that noise and references cover (sequence parallelism; see KaleidoDiT.forward).
         """
         if references is not None:
             references = references.to(self.device).expand(noise.shape[0], -1, -1, -1, -1)  # one set for every sample
         cond = {"context": context.to(self.device), "references": references}
         uncond = {"context": uncond_context.to(self.device), "references": references}
-        return self.sampler(rf_denoiser(self.network), noise.to(self.device), cond, uncond, description=description)
+        def network(x, t, **conditioning):
+            return self.network(x, t, grid_offset=grid_offset, full_grid=full_grid, **conditioning)
+
+        return self.sampler(rf_denoiser(network), noise.to(self.device), cond, uncond, description=description)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

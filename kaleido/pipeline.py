@@ -18,8 +18,11 @@ from safetensors.torch import save_file
 from kaleido import io
 from kaleido.checkpoint import load_dit_into
 from kaleido.engine import KaleidoEngine
+from kaleido.sharding import ShardingError, ShardPlan
+from sat import parallel
 from sat.config import Config, ConfigError
 from sgm.util import seeded_random_init_
+from sgm.vae import DEFAULT_DIM_MULT, spatial_factor
 from sgm.weights import LFS_POINTER_PREFIX, read_tensor_file
 
 log = logging.getLogger("kaleido")
@@ -51,6 +54,7 @@ class SampleArgs:
     force_inference: bool = False                 # Q18: missing DiT keys only warn (official lenient load)
     allow_unsafe_pickle: bool = False             # full unpickling of args.load (arbitrary code: trusted files only)
     text_encoder_offload: str = "none"            # 'none', 'cpu' (umT5 runs on the CPU) or 'free' (encode all, then free)
+    sequence_parallel_size: int = 1               # S: ranks sharing one video (Ulysses); data parallel = world / S
     allow_random_weights: bool = False            # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
     seed: int = 42                                # see the module docstring for the per-line rule
@@ -79,6 +83,8 @@ class SampleArgs:
         for key in ("sampling_num_frames", "sampling_fps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.sequence_parallel_size < 1:
+            raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
         if self.max_subject_nums < 0:
             raise ValueError(f"max_subject_nums: must be >= 0, got {self.max_subject_nums}")
         choices = {
@@ -101,9 +107,12 @@ class SampleArgs:
         return NEGATIVE_PROMPTS.get(self.negative_prompt, self.negative_prompt)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this process's GPU (cuda:LOCAL_RANK under torchrun) if CUDA is available, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'")
@@ -209,16 +218,42 @@ def output_names(args: SampleArgs) -> list[str]:
     return ["output.mp4"] + [f"output_{b}.mp4" for b in range(1, args.batch_size)]
 
 
-def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | None = None) -> list[Path]:
-    """Sample every prompt line; returns the output folders written (skipped ones excluded)."""
+def sharding_plan(args: SampleArgs, config: Config, sp_size: int) -> ShardPlan | None:
+    """The sequence-parallel split of this run's latent, checked from the config before any model is built."""
+    if sp_size == 1:
+        return None
+    params = config.section("model").get("network_config", {}).get("params", {})
+    heads, patch = params.get("num_attention_heads", 40), params.get("patch_size", [1, 2, 2])
+    factor = spatial_factor(config.section("model").get("first_stage_config", {}).get("params", {}).get("dim_mult", DEFAULT_DIM_MULT))
+    height, width = (extent // factor for extent in args.sampling_image_size)
+    try:
+        return ShardPlan.for_latent(height, width, sp_size, heads, tuple(patch[1:]))
+    except ShardingError as err:
+        raise ConfigError(f"{config.where('args.sequence_parallel_size')}: {err} (args.sampling_image_size "
+                          f"{args.sampling_image_size} -> latent {height}x{width})") from None
+
+
+def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | None = None,
+        state: parallel.ParallelState | None = None, plan: ShardPlan | None = None) -> list[Path]:
+    """Sample the prompt lines of this data-parallel rank; returns the output folders written here.
+
+    Under sequence parallelism (state.sp_size > 1, `plan` from sharding_plan) every rank of the group runs the
+    sampler on its chunk of the latent; the group's source rank gathers, decodes and writes.
+    """
+    state = state or parallel.ParallelState()
     prompts = lines if lines is not None else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
     height, width = args.sampling_image_size
     vae = engine.first_stage
     latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
     noise_table = load_noise_table(args, prompts, latent_shape)
+    prompts = [p for p in prompts if p.index % state.dp_size == state.dp_rank]  # line i -> DP rank i mod D
+    source = state.is_sp_source
+    if state.sp_size > 1:
+        parallel.enable_sequence_parallel(engine.network, state)
+        engine.sampler.progress = engine.sampler.progress and source
     log.info("sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s", len(prompts), height, width,
              args.sampling_num_frames, vae.temporal_factor * (args.sampling_num_frames - 1) + 1, args.output_dir)
-    engine.place(resolve_device(args.device), args.text_encoder_offload)
+    engine.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
     uncond_context = engine.encode_text([args.negative_prompt_text])
     contexts = {}
     if args.text_encoder_offload == "free":  # every prompt now, so the text encoder can leave the device
@@ -226,29 +261,43 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
         uncond_context = uncond_context.cpu()
         engine.release_text_encoder()
         log.info("text encoder released after encoding %d prompts", len(prompts))
+    # The group samples with the source's conditioning: identical inputs on every rank by construction.
+    uncond_context = parallel.broadcast_from_sp_source(state, uncond_context.contiguous())
     written = []
     for prompt in prompts:
         folder = Path(args.output_dir) / prompt.folder_name
         videos = [folder / name for name in dict.fromkeys(output_names(args))]
-        if all(v.exists() for v in videos) and not args.overwrite:
+        done = all(v.exists() for v in videos) and not args.overwrite
+        if parallel.broadcast_object_from_sp_source(state, done):
             log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.index + 1, videos[0])
             continue
         started = time.perf_counter()
-        io.write_text(folder / "text.txt", prompt.line)
         images = [io.load_reference(path, args.ref_alpha) for path in prompt.references]
-        for i, image in enumerate(images):
-            io.write_png(folder / f"subject_{i}.png", image)
+        if source:
+            io.write_text(folder / "text.txt", prompt.line)
+            for i, image in enumerate(images):
+                io.write_png(folder / f"subject_{i}.png", image)
         if not images:
             log.warning("line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution", prompt.index + 1)
             references = None
         else:
             pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
-            references = engine.encode_references(pixels)
+            references = parallel.broadcast_from_sp_source(state, engine.encode_references(pixels))
         context = contexts[prompt.index] if contexts else engine.encode_text([prompt_for_t5(args, prompt)])
-        noise = initial_noise(args, prompt.index, latent_shape, noise_table)
+        context = parallel.broadcast_from_sp_source(state, context.contiguous())
+        noise = initial_noise(args, prompt.index, latent_shape, noise_table)  # the same draw on every rank
         batch = noise.shape[0]
+        window = {}
+        if plan is not None:
+            noise = plan.shard(noise, state.sp_rank)
+            references = None if references is None else plan.shard(references, state.sp_rank)
+            window = {"grid_offset": plan.grid_offset(state.sp_rank), "full_grid": plan.full_grid}
         latents = engine.sample(noise, context.expand(batch, -1, -1), uncond_context.expand(batch, -1, -1),
-                                references, description=f"line {prompt.index + 1}")
+                                references, description=f"line {prompt.index + 1}", **window)
+        if plan is not None:
+            latents = plan.unshard(parallel.all_gather_sp(state, latents))
+        if not source:
+            continue
         if args.save_latents:
             with io.atomic_path(folder / "latent.safetensors") as tmp:
                 save_file({"latent": latents.cpu().contiguous()}, str(tmp))

@@ -47,21 +47,22 @@ class ReferencePlacement:
     max_w: int = 80
     end_concat: bool = False
 
-    def reference_offsets(self, k: int, grid: tuple[int, int], grid_offset: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) offset of reference k's block, for a local token grid and its sequence-parallel offset."""
+    def reference_offsets(self, k: int, full_grid: tuple[int, int], grid_offset: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) offset of reference k's block for a local window at `grid_offset` of the full token grid.
+
+        The offset is the single-process one plus the window's offset, so every reference token keeps its
+        full-sequence position under sequence parallelism for every flag combination. (The official code adds the
+        window offset only with the released flags and uses the local grid size for rope_continue, so its other
+        variants change with the sequence-parallel degree.)
+        """
         offsets = []
-        for shifted, size, fixed, sp_offset in zip(
-            (self.shift_h, self.shift_w), grid, (self.max_h, self.max_w), grid_offset
-        ):
-            if self.overloop and not self.rope_continue:
-                # Released flags: the fixed block plus the sequence-parallel offset, so every token keeps its
-                # full-sequence position; without the shift only the SP offset remains.
-                offsets.append((fixed if shifted else 0) + sp_offset)
-            elif not shifted:
-                offsets.append(0)
+        for shifted, size, fixed, window in zip((self.shift_h, self.shift_w), full_grid, (self.max_h, self.max_w), grid_offset):
+            if not shifted:
+                base = 0
             else:
                 step = size if self.rope_continue else fixed
-                offsets.append(step if self.overloop else (1 + k) * step)
+                base = step if self.overloop else (1 + k) * step
+            offsets.append(base + window)
         return offsets[0], offsets[1]
 
 
@@ -71,12 +72,13 @@ def token_positions(
     grid: tuple[int, int],
     placement: ReferencePlacement,
     grid_offset: tuple[int, int] = (0, 0),
+    full_grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(L, 3) int64 positions (t, h, w) of the token sequence in model order.
 
     Order: [references | video] (or [video | references] with end_concat), each frame-major, then row, then
     column. `grid` is the local token grid (h, w) of one frame; `grid_offset` the (row, column) offset of this
-    local grid inside the full grid (non-zero only under sequence parallelism).
+    local grid inside the full grid `full_grid` (default: `grid`; they differ only under sequence parallelism).
     """
     h, w = grid
     rows = torch.arange(h)
@@ -101,7 +103,7 @@ def token_positions(
             refs.append(torch.zeros(h * w, 3, dtype=torch.int64))
             continue
         t = frames + k if placement.end_concat else k
-        refs.append(block(t, *placement.reference_offsets(k, grid, grid_offset)))
+        refs.append(block(t, *placement.reference_offsets(k, full_grid or grid, grid_offset)))
     parts = video + refs if placement.end_concat else refs + video
     return torch.cat(parts)
 

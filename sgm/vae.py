@@ -318,6 +318,14 @@ class Decoder3d(nn.Module):
 # The VAE
 
 
+DEFAULT_DIM_MULT = (1, 2, 4, 4)
+
+
+def spatial_factor(dim_mult: Sequence[int] = DEFAULT_DIM_MULT) -> int:
+    """Pixels per latent along H and W (each stage after the first halves them): 8 for the Wan2.1 VAE."""
+    return 2 ** (len(dim_mult) - 1)
+
+
 class WanVAE(nn.Module):
     """Wan2.1 causal video VAE: 8×8 spatial and 4× temporal compression, z_dim latent channels.
 
@@ -338,7 +346,7 @@ class WanVAE(nn.Module):
             random initialisation first.
     """
 
-    def __init__(self, dim: int = 96, z_dim: int = 16, dim_mult: Sequence[int] = (1, 2, 4, 4),
+    def __init__(self, dim: int = 96, z_dim: int = 16, dim_mult: Sequence[int] = DEFAULT_DIM_MULT,
                  num_res_blocks: int = 2, attn_scales: Sequence[float] = (),
                  temporal_downsample: Sequence[bool] = (False, True, True), dropout: float = 0.0,
                  dtype: str | torch.dtype = "bfloat16", decode_dtype: str | torch.dtype | None = None,
@@ -358,7 +366,7 @@ class WanVAE(nn.Module):
         self.norm_constants = _parse_float_dtype(norm_constants, "norm_constants")
         self.norm_math = _parse_float_dtype(norm_math, "norm_math")
         self.frames_not_4k1 = frames_not_4k1
-        self.spatial_factor = 2 ** (len(dim_mult) - 1)
+        self.spatial_factor = spatial_factor(dim_mult)
         self.temporal_factor = 2 ** sum(bool(d) for d in temporal_downsample)
 
         # With weights to load, build without allocating or initialising anything; the file's tensors are assigned.

@@ -135,3 +135,23 @@ def test_official_bf16_rotation_rounds_like_the_official_formula():
     assert fp32.dtype == torch.bfloat16
     assert not torch.equal(fp32, official)
     assert (fp32.float() - official.float()).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("overloop", [True, False])
+@pytest.mark.parametrize("rope_continue", [True, False])
+@pytest.mark.parametrize("shift_h, shift_w", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("end_concat", [False, True])
+def test_every_flag_keeps_full_sequence_positions_in_a_window(overloop, rope_continue, shift_h, shift_w, end_concat):
+    """A sequence-parallel window (rows or columns of the token grid at an offset) gets exactly the positions its
+    tokens have in the full sequence, for every placement flag (the official code does so only for the released
+    flags)."""
+    placement = ReferencePlacement(True, shift_h, shift_w, overloop, rope_continue, 80, 80, end_concat)
+    refs, frames, grid = 2, 3, (4, 6)
+    full = token_positions(refs, frames, grid, placement).reshape(refs + frames, *grid, 3)
+    for axis, size in ((0, 2), (1, 3)):  # split rows in 2, or columns in 2
+        for r in range(2):
+            local_grid = (grid[0] // 2, grid[1]) if axis == 0 else (grid[0], grid[1] // 2)
+            offset = (r * size, 0) if axis == 0 else (0, r * size)
+            local = token_positions(refs, frames, local_grid, placement, offset, full_grid=grid)
+            window = full[:, r * size:(r + 1) * size] if axis == 0 else full[:, :, r * size:(r + 1) * size]
+            assert torch.equal(local.reshape(refs + frames, *local_grid, 3), window), (axis, r)
