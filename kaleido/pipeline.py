@@ -262,7 +262,7 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
         engine.release_text_encoder()
         log.info("text encoder released after encoding %d prompts", len(prompts))
     # The group samples with the source's conditioning: identical inputs on every rank by construction.
-    uncond_context = parallel.broadcast_from_sp_source(state, uncond_context.contiguous())
+    uncond_context = parallel.broadcast_from_sp_source(state, uncond_context)
     written = []
     for prompt in prompts:
         folder = Path(args.output_dir) / prompt.folder_name
@@ -284,7 +284,7 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
             pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
             references = parallel.broadcast_from_sp_source(state, engine.encode_references(pixels))
         context = contexts[prompt.index] if contexts else engine.encode_text([prompt_for_t5(args, prompt)])
-        context = parallel.broadcast_from_sp_source(state, context.contiguous())
+        context = parallel.broadcast_from_sp_source(state, context)
         noise = initial_noise(args, prompt.index, latent_shape, noise_table)  # the same draw on every rank
         batch = noise.shape[0]
         window = {}

@@ -30,6 +30,7 @@ class ParallelState:
     sp_size: int = 1
     sp_group: object | None = None   # torch ProcessGroup of this rank's sequence-parallel block (None when S = 1)
     dp_group: object | None = None   # torch ProcessGroup of this rank's data-parallel set (None when D = 1)
+    comm_device: torch.device = torch.device("cpu")  # where collectives' tensors live (this GPU for nccl)
 
     @property
     def dp_size(self) -> int:
@@ -75,8 +76,10 @@ def initialize(sp_size: int, device: torch.device) -> ParallelState:
     check_layout(world_size, sp_size)
     if world_size == 1:
         return ParallelState()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives and object broadcasts use the current device
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         # A generous timeout: one rank may decode and write a video while the others wait at the next collective.
         dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(minutes=60))
     sp_group = dp_group = None
@@ -89,8 +92,9 @@ def initialize(sp_size: int, device: torch.device) -> ParallelState:
         group = dist.new_group(list(range(sp, world_size, sp_size)))
         if rank % sp_size == sp:
             dp_group = group
-    return ParallelState(world_size, rank, local_rank, sp_size,
-                         sp_group if sp_size > 1 else None, dp_group if world_size // sp_size > 1 else None)
+    return ParallelState(world_size, rank, local_rank, sp_size, sp_group if sp_size > 1 else None,
+                         dp_group if world_size // sp_size > 1 else None,
+                         device if backend == "nccl" else torch.device("cpu"))
 
 
 def shutdown() -> None:
@@ -99,8 +103,9 @@ def shutdown() -> None:
 
 
 def broadcast_from_sp_source(state: ParallelState, tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank of the SP group gets the source's `tensor` (same shape and dtype on all ranks)."""
+    """Every rank of the SP group gets the source's `tensor` (same shape and dtype on all ranks), on comm_device."""
     if state.sp_size > 1:
+        tensor = tensor.to(state.comm_device).contiguous()
         dist.broadcast(tensor, src=state.sp_source, group=state.sp_group)
     return tensor
 
@@ -117,7 +122,7 @@ def all_gather_sp(state: ParallelState, tensor: torch.Tensor) -> list[torch.Tens
     """[chunk of sp_rank 0, chunk of sp_rank 1, ...] on every rank of the SP group (chunks of equal shape)."""
     if state.sp_size == 1:
         return [tensor]
-    tensor = tensor.contiguous()
+    tensor = tensor.to(state.comm_device).contiguous()
     chunks = [torch.empty_like(tensor) for _ in range(state.sp_size)]
     dist.all_gather(chunks, tensor, group=state.sp_group)
     return chunks

@@ -159,3 +159,17 @@ def test_sequence_parallel_of_one_leaves_the_model_untouched():
     enable_sequence_parallel(model, ParallelState())
     assert [block.self_attn.attend for block in model.blocks] == before
     assert not any(isinstance(m, UlyssesAttention) for m in model.modules())
+
+
+def test_data_and_sequence_parallel_together(workdir):
+    """World 4 = DP 2 × SP 2: groups {0, 1} and {2, 3}; group 0 takes lines 1 and 3, group 1 (source rank 2) line 2."""
+    single(workdir, workdir / "one_dpsp", "args.sampling_image_size=[32,48]")
+    result = launch(workdir, workdir / "dpsp", 4, 2, "args.sampling_image_size=[32,48]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "parallel layout: world 4 = data parallel 2 × sequence parallel 2, sequence split along H" in log
+    expected, got = latents(workdir / "one_dpsp"), latents(workdir / "dpsp")
+    assert got.keys() == expected.keys() and len(got) == 3 and writes_per_line(log) == dict.fromkeys(got, 1)
+    assert re.search(r"\[rank 2\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
+    for name, reference in expected.items():
+        assert (got[name] - reference).abs().max() / reference.abs().max() <= 1e-5, name
