@@ -178,6 +178,11 @@ def read_sat_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> 
     return container["module"], {k: v for k, v in container.items() if k != "module"}
 
 
+def sat_module(dit_state_dict: dict, dtype: torch.dtype | None = None) -> dict:
+    """Our-layout DiT state dict -> the official 'module' dict: SAT names under `model.diffusion_model.`."""
+    return {SAT_PREFIX + k: (v if dtype is None else v.to(dtype)) for k, v in to_layout(dit_state_dict, "sat").items()}
+
+
 def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration: int | str = 1,
                          client_state: dict | None = None, overwrite: bool = False) -> Path:
     """Write `<directory>/<iteration>/mp_rank_00_model_states.pt` = {'module': {'model.diffusion_model.' + SAT key},
@@ -187,7 +192,7 @@ def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration:
     interrupted write never leaves `latest` naming an incomplete iteration. Other iterations are kept.
     """
     directory = Path(directory)
-    module = {SAT_PREFIX + k: v for k, v in to_layout(dit_state_dict, "sat").items()}
+    module = sat_module(dit_state_dict)
     target = directory / str(iteration)
     directory.mkdir(parents=True, exist_ok=True)
     with io.atomic_directory(target, overwrite=overwrite) as tmp:

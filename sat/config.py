@@ -55,12 +55,30 @@ class Config:
         return self.data.get(name) or {}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; configs and overrides mean the number (YAML 1.2 does too)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = _load_yaml(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -83,7 +101,7 @@ def _parse_override(item: str) -> dict:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{item}': malformed key '{key}'")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = _load_yaml(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     node: Any = parsed

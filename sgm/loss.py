@@ -44,7 +44,8 @@ class RFLoss:
             sigma_raw = self.raw_sigmas(batch, generator)
         sigma = self.shift(sigma_raw.float(), x0.shape[-2], x0.shape[-1]).to(x0.device)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        noise = noise.to(device=x0.device, dtype=torch.float32)
         s = sigma.view(batch, *([1] * (x0.ndim - 1)))
         noised = x0 * (1 - s) + noise * s
         prediction = network(noised, sigma * 1000, **cond).float()

@@ -126,3 +126,11 @@ def test_release_sampling_values():
     sampler = config.data["model"]["sampler_config"]["params"]
     assert (sampler["num_steps"], sampler["shift"], sampler["guider"]["params"]["scale"]) == (50, 7.0, 6.0)
     assert args.negative_prompt_text.startswith("色调艳丽") and "画得不好的脸部" not in args.negative_prompt_text
+
+
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) would read 2e-3 as the string '2e-3'; in configs and overrides it is the number."""
+    from sat.config import load_config
+    (tmp_path / "a.yaml").write_text("args:\n  lr: 5e-6\n  name: 1e3x\n")
+    config = load_config([str(tmp_path / "a.yaml")], ["args.other=2e-3", "args.neg=-1E+2"])
+    assert config.section("args") == {"lr": 5e-6, "name": "1e3x", "other": 2e-3, "neg": -100.0}

@@ -1,0 +1,117 @@
+"""The training objective of one micro-batch and the deterministic sample stream (spec training.md §2-6).
+
+Every random choice of training is a pure function of (seed, global sample position): the sample order, caption
+dropout, σ and the noise. A run resumed at micro-step m therefore draws exactly what the uninterrupted run drew,
+with no generator state to save, on any number of data-parallel ranks.
+
+Layouts: videos (B, T, 3, H, W) and references (N, 3, H, W) in [-1, 1] from the dataset; latents (B, t, C, h, w).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from sgm.loss import RFLoss
+
+REFERENCE_ENCODINGS = ("separate", "stacked_first")
+
+
+def counter_generator(seed: int, *counters) -> torch.Generator:
+    """A CPU generator seeded from (seed, counters): independent streams without shared state."""
+    digest = hashlib.sha256(repr((seed, *counters)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class SampleOrder:
+    """Global sample position -> dataset index: a fresh seeded permutation of the dataset for every epoch."""
+
+    def __init__(self, num_samples: int, seed: int):
+        if num_samples < 1:
+            raise ValueError("no samples to train on")
+        self.num_samples = num_samples
+        self.seed = seed
+        self._epoch, self._permutation = -1, None
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._permutation = torch.randperm(self.num_samples, generator=counter_generator(self.seed, "order", epoch))
+        return int(self._permutation[offset])
+
+
+def micro_batch_positions(micro_step: int, micro_batch: int, dp_rank: int, dp_size: int) -> list[int]:
+    """Global sample positions of this rank's micro-batch: each global micro-step takes micro_batch × dp_size
+    consecutive positions, rank r the r-th slice (the official DistributedBatchSampler split)."""
+    start = (micro_step * dp_size + dp_rank) * micro_batch
+    return list(range(start, start + micro_batch))
+
+
+def caption_dropped(seed: int, position: int, rate: float) -> bool:
+    return rate > 0 and float(torch.rand(1, generator=counter_generator(seed, "caption", position))) < rate
+
+
+class TrainingObjective:
+    """Rectified-flow loss of a micro-batch with frozen text encoder and VAE (training.md §2).
+
+    reference_encoding: 'separate' (each reference of each sample is its own 1-frame video, as at inference) or
+    'stacked_first' (official TR1: sample 0's references encoded as one N-frame video, which keeps only the first
+    reference, and reused for the whole batch).
+    """
+
+    def __init__(self, conditioner: nn.Module, first_stage: nn.Module, scale_factor: float = 1.0,
+                 text_dropout: float = 0.1, reference_encoding: str = "separate", seed: int = 0,
+                 loss: RFLoss | None = None):
+        if reference_encoding not in REFERENCE_ENCODINGS:
+            raise ValueError(f"reference_encoding: expected one of {list(REFERENCE_ENCODINGS)}, got {reference_encoding!r}")
+        self.conditioner = conditioner
+        self.first_stage = first_stage
+        self.scale_factor = scale_factor
+        self.text_dropout = text_dropout
+        self.reference_encoding = reference_encoding
+        self.seed = seed
+        self.loss = loss or RFLoss()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.first_stage.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, batch: dict, positions: list[int]) -> list[dict]:
+        """Frozen encoders: one group per distinct reference count, each
+        {'x0': (b, t, C, h, w) fp32, 'context': (b, L, D), 'references': (b, N, C, h, w) fp32, 'positions': [..]}."""
+        device = self.device
+        video = batch["video"].to(device)                                             # (B, T, 3, H, W)
+        x0 = self.first_stage.encode(video.transpose(1, 2)).transpose(1, 2) * self.scale_factor
+        texts = ["" if caption_dropped(self.seed, p, self.text_dropout) else text for p, text in zip(positions, batch["text"])]
+        context = self.conditioner(texts)
+        if self.reference_encoding == "stacked_first":
+            stacked = batch["references"][0].to(device).transpose(0, 1)[None]         # (1, 3, N, H, W): one video
+            refs = self.first_stage.encode(stacked).transpose(1, 2) * self.scale_factor
+            references = [refs[0]] * len(positions)
+        else:
+            references = [self.first_stage.encode(r.to(device)[:, :, None])[:, :, 0] * self.scale_factor
+                          for r in batch["references"]]                               # (N, C, h, w) each
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(references):
+            groups.setdefault(r.shape[0], []).append(i)
+        return [{"x0": x0[idx], "context": context[idx], "references": torch.stack([references[i] for i in idx]),
+                 "positions": [positions[i] for i in idx]} for idx in groups.values()]
+
+    def __call__(self, network: Callable[..., torch.Tensor], batch: dict, positions: list[int]) -> dict:
+        """Mean loss over the micro-batch (a graph to backpropagate) and per-sample values for logging."""
+        total, per_sample, sigmas = 0.0, [], []
+        count = len(positions)
+        for group in self.encode(batch, positions):
+            draws = [counter_generator(self.seed, "draws", p) for p in group["positions"]]
+            sigma_raw = torch.cat([self.loss.raw_sigmas(1, g) for g in draws])
+            noise = torch.cat([torch.randn((1, *group["x0"].shape[1:]), generator=g) for g in draws])
+            out = self.loss(network, group["x0"], {"context": group["context"], "references": group["references"]},
+                            sigma_raw=sigma_raw, noise=noise)
+            total = total + out["loss"].sum() / count
+            per_sample.append(out["loss"].detach())
+            sigmas.append(out["sigma"].detach())
+        return {"loss": total, "per_sample": torch.cat(per_sample), "sigma": torch.cat(sigmas)}
