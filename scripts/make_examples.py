@@ -1,4 +1,5 @@
-"""Write the demo inputs shipped in examples/: reference images drawn here, the prompt file, a tiny tokenizer.
+"""Write the demo inputs shipped in examples/: reference images drawn here, the prompt file, a tiny tokenizer and
+a tiny training dataset in the official layout.
 
     python scripts/make_examples.py [OUT_DIR]   (default: examples/)
 
@@ -58,6 +59,7 @@ PROMPTS = [
 
 
 def main(out_dir: Path) -> None:
+    from scripts.tiny_dataset import write_tiny_dataset
     from scripts.tiny_tokenizer import build_tiny_tokenizer
 
     refs = out_dir / "refs"
@@ -67,6 +69,7 @@ def main(out_dir: Path) -> None:
     draw_meadow().save(refs / "meadow.png")
     (out_dir / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     build_tiny_tokenizer(out_dir / "tiny_umt5_tokenizer")
+    write_tiny_dataset(out_dir / "tiny_dataset")  # the fine-tuning demo (configs/training/train_tiny.yaml)
 
 
 if __name__ == "__main__":

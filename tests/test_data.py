@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from kaleido import data, io
 from kaleido.data import DatasetError, SampleError, SampleSkipped, SFTDataset
 from scripts.make_dataset_index import main as index_main
-from tests.tools.tiny_dataset import write_tiny_dataset
+from scripts.tiny_dataset import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (30, 56)      # wider than the 64x96 test videos: resize to (37, 56), crop rows 3..32
@@ -250,7 +250,7 @@ def test_resize_and_centre_crop(shape, resized, top, left):
 
 
 def write_tiny_pixels(shape: tuple[int, int]) -> np.ndarray:
-    from tests.tools.tiny_dataset import video_frames
+    from scripts.tiny_dataset import video_frames
 
     return video_frames(7, 2, shape)
 

@@ -12,7 +12,7 @@ import torch
 
 from kaleido.checkpoint import load_dit_weights, read_sat_checkpoint
 from tests.golden import REPO
-from tests.tools.tiny_dataset import write_tiny_dataset
+from scripts.tiny_dataset import write_tiny_dataset
 
 BASE = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/training/train_tiny.yaml")]
 
@@ -63,9 +63,13 @@ def test_single_process_overfits_one_sample(tmp_path):
 
 @pytest.mark.parametrize("engine", ["deepspeed", "fsdp2"])
 def test_two_processes_train_and_save_in_the_official_layout(data, tmp_path, engine):
+    """...with validation sampling through sample_video.py's code path (FSDP2: every rank joins the forwards)."""
     save = tmp_path / engine
-    train(save, data, f"args.engine={engine}", "args.train_iters=2", "args.save_interval=2", nproc=2)
+    evaluation = ["args.eval_interval=2", f"args.eval_prompts={REPO / 'examples/prompts.txt'}", "args.eval_image_size=[32,48]",
+                  "args.eval_num_frames=2", "model.sampler_config.params.num_steps=2"]
+    train(save, data, f"args.engine={engine}", "args.train_iters=2", "args.save_interval=2", *evaluation, nproc=2)
     assert (save / "latest").read_text() == "2"
+    assert len(list((save / "eval" / "2").glob("*/output.mp4"))) == 3
     module, extra = read_sat_checkpoint(save)
     assert extra["iteration"] == 2 and len(module) == 57 and all(k.startswith("model.diffusion_model.") for k in module)
     assert sorted(metrics(save)) == [1, 2] and all(r["loss"] > 0 for r in metrics(save).values())
@@ -164,3 +168,22 @@ def test_resume_with_other_settings_lists_the_differences(data, tmp_path):
     assert "cannot resume, the checkpoint was trained with other settings" in result.stderr
     assert "deepspeed.gradient_accumulation_steps: 2 (checkpoint) vs 4 (now)" in result.stderr
     assert "model.network_config.params.num_layers: 2 (checkpoint) vs 3 (now)" in result.stderr
+
+
+def test_shipped_14b_training_configs_are_consistent():
+    """The 14B configs parse against the schema (both engines) with the official optimisation values."""
+    from kaleido.trainer import TrainArgs
+    from sat.config import load_config, parse_args
+    from sat.training import OptimSettings, annealing_lr_factor
+    files = [str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"), str(REPO / "configs/training/video_wanx_14B_concat.yaml")]
+    for extra in ([], [str(REPO / "configs/training/video_wanx_14B_concat_fsdp2.yaml")],
+                  [str(REPO / "configs/training/official_parity.yaml")]):
+        config = load_config(files + extra, ["args.model_root=/data/K"], sections=("model", "args", "deepspeed"))
+        args = parse_args(TrainArgs, config)
+        assert args.load == "/data/K/model" and args.engine == ("fsdp2" if "fsdp2" in "".join(extra) else "deepspeed")
+        settings = OptimSettings.from_deepspeed_block(config.section("deepspeed"), world_size=8)
+        assert (settings.micro_batch, settings.accumulation, settings.lr, settings.betas, settings.eps,
+                settings.weight_decay, settings.clip, settings.bf16) == (1, 8, 5e-6, (0.9, 0.95), 1e-8, 1e-4, 0.1, True)
+    # spec training.md §7.3: 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
+    lrs = [5e-6 * annealing_lr_factor(k, 5000) for k in range(0, 102)]
+    assert lrs[:3] == pytest.approx([1e-7, 2e-7, 2.5e-7]) and lrs[99] == pytest.approx(2.5e-7) and lrs[100] == 5e-6
