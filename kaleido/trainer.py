@@ -166,30 +166,53 @@ def set_rng_state(state: dict) -> None:
 
 # -------------------------------------------------------------------------------------------- data stream
 
-class SampleStream:
-    """Micro-batches of this rank by global micro-step; a sample that fails to decode is replaced by the next
-    dataset index (deterministically) and counted."""
+class PositionDataset(torch.utils.data.Dataset):
+    """Global sample position -> item. A sample that fails to decode is replaced by the next dataset index
+    (deterministically: the same replacement in every run) and its reason travels with the item."""
 
-    def __init__(self, dataset: SFTDataset, seed: int, micro_batch: int, dp_rank: int, dp_size: int):
+    def __init__(self, dataset: SFTDataset, seed: int):
         self.dataset = dataset
         self.order = SampleOrder(len(dataset), seed)
-        self.micro_batch, self.dp_rank, self.dp_size = micro_batch, dp_rank, dp_size
-        self.skipped: dict[str, int] = {}
 
-    def item(self, position: int) -> dict:
-        index = self.order.index(position)
+    def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
+        return 2**62
+
+    def __getitem__(self, position: int) -> dict:
+        index, skipped = self.order.index(position), []
         for attempt in range(len(self.dataset)):
             try:
-                return self.dataset[(index + attempt) % len(self.dataset)]
+                item = self.dataset[(index + attempt) % len(self.dataset)]
+                item["skipped"] = skipped
+                return item
             except SampleError as err:
-                reason = str(err)
-                self.skipped[reason] = self.skipped.get(reason, 0) + 1
-                log.warning("skipping sample %d: %s", (index + attempt) % len(self.dataset), reason)
-        raise SampleError("no sample of the dataset can be read")
+                skipped.append(str(err))
+        raise SampleError(f"no sample of the dataset can be read ({skipped[0]})")
 
-    def batch(self, micro_step: int) -> tuple[dict, list[int]]:
-        positions = micro_batch_positions(micro_step, self.micro_batch, self.dp_rank, self.dp_size)
-        return collate([self.item(p) for p in positions]), positions
+
+class MicroBatchSampler(torch.utils.data.Sampler):
+    """This rank's sample positions, one list per micro-step, from `start` on."""
+
+    def __init__(self, start: int, micro_batch: int, dp_rank: int, dp_size: int):
+        self.start, self.micro_batch, self.dp_rank, self.dp_size = start, micro_batch, dp_rank, dp_size
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield micro_batch_positions(step, self.micro_batch, self.dp_rank, self.dp_size)
+            step += 1
+
+
+def collate_with_skips(items: list[dict]) -> dict:
+    skipped = [reason for item in items for reason in item.pop("skipped")]
+    return {**collate(items), "skipped": skipped}
+
+
+def sample_loader(dataset: SFTDataset, seed: int, start: int, micro_batch: int, dp_rank: int, dp_size: int,
+                  num_workers: int) -> torch.utils.data.DataLoader:
+    """Micro-batches in order (workers prefetch; the order stays the sampler's), resumable at any micro-step."""
+    return torch.utils.data.DataLoader(PositionDataset(dataset, seed), batch_sampler=MicroBatchSampler(start, micro_batch, dp_rank, dp_size),
+                                       num_workers=num_workers, collate_fn=collate_with_skips,
+                                       prefetch_factor=2 if num_workers else None, persistent_workers=num_workers > 0)
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
@@ -247,9 +270,11 @@ class Trainer:
         self.dataset = SFTDataset(args.train_data, tuple(args.video_size), args.fps, args.num_frames, args.skip_frames,
                                   args.max_subjects, args.frame_sampling)
         self.resume_from = self._resume_point()
-        self.stream = SampleStream(self.dataset, args.seed, self.settings.micro_batch, self.rank, self.world_size)
+        for generator_seed in (random.seed, np.random.seed, torch.manual_seed):  # the official per-rank global seeding
+            generator_seed(args.seed + self.rank)
         self._build_models()
         self.iteration, self.micro_step = 0, 0
+        self.skipped: dict[str, int] = {}
         if self.resume_from is not None:
             self._load(self.resume_from)
         self.writer = None
@@ -381,11 +406,17 @@ class Trainer:
         progress = tqdm(total=args.train_iters, initial=self.iteration, desc="train", disable=self.rank != 0)
         window_losses, nonfinite, started, samples = [], 0, time.perf_counter(), 0
         accumulated = 0
+        batches = iter(sample_loader(self.dataset, args.seed, self.micro_step, settings.micro_batch, self.rank,
+                                     self.world_size, args.num_workers))
         log.info("training %s: %d usable samples, world %d, micro-batch %d × accumulation %d, engine %s, from iteration %d",
                  args.experiment_name, len(self.dataset), self.world_size, settings.micro_batch, settings.accumulation,
                  self.engine.name, self.iteration)
         while self.iteration < args.train_iters:
-            batch, positions = self.stream.batch(self.micro_step)
+            batch = next(batches)
+            positions = micro_batch_positions(self.micro_step, settings.micro_batch, self.rank, self.world_size)
+            for reason in batch.pop("skipped"):
+                self.skipped[reason] = self.skipped.get(reason, 0) + 1
+                log.warning("skipped an unreadable sample (replaced by the next one): %s", reason)
             self.micro_step += 1
             out = self.objective(self.engine.module, batch, positions)
             if not training.all_ranks_true(bool(torch.isfinite(out["loss"]).all()), self.device):
@@ -431,7 +462,7 @@ class Trainer:
                 self.writer.add_scalar(tag, value, self.iteration)
         # One JSON line per logged iteration (exact values: resumed runs can be compared with uninterrupted ones).
         record = {"iteration": self.iteration, "loss": loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                  "skipped_step": result.skipped, "skipped_samples": sum(self.stream.skipped.values())}
+                  "skipped_step": result.skipped, "skipped_samples": sum(self.skipped.values())}
         with open(self.save / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

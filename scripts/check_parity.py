@@ -338,12 +338,12 @@ CHECKS: dict[str, Callable[[Golden], list[Row]]] = {
 }
 
 
+@torch.no_grad()  # a scope, not torch.set_grad_enabled(False): callers (tests) keep their autograd state
 def run_checks(folder: str | Path, cases: list[str] | None = None) -> tuple[list[Row], list[str]]:
     """Every case of the manifest (or the selected ones) -> (rows, notes).
 
     A case without a checker, or one that fails to run, is a failing row; tensors nothing read become notes.
     """
-    torch.set_grad_enabled(False)
     golden = Golden(folder)
     rows, notes = [], []
     for case in golden.manifest["cases"]:

@@ -106,7 +106,8 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
 
 def test_trained_checkpoint_samples_with_sample_video(data, tmp_path):
     import sample_video
-    train(tmp_path / "run", data, "args.train_iters=2", "args.save_interval=2")
+    train(tmp_path / "run", data, "args.train_iters=3", "args.save_interval=1", "args.keep_last_n=2")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.isdigit()) == ["2", "3"]  # retention
     trained = load_dit_weights(tmp_path / "run")
     argv = ["--base", str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml"),
             f"args.load={tmp_path / 'run'}", f"args.output_dir={tmp_path / 'videos'}", f"args.input_file={REPO / 'examples/prompts.txt'}",
@@ -187,3 +188,38 @@ def test_shipped_14b_training_configs_are_consistent():
     # spec training.md §7.3: 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
     lrs = [5e-6 * annealing_lr_factor(k, 5000) for k in range(0, 102)]
     assert lrs[:3] == pytest.approx([1e-7, 2e-7, 2.5e-7]) and lrs[99] == pytest.approx(2.5e-7) and lrs[100] == 5e-6
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    """Applied from outside: the same parameter names and the same gradients, with the blocks recomputed."""
+    from kaleido.dit import KaleidoDiT
+    from sat.training import enable_activation_checkpointing
+    torch.manual_seed(0)
+    plain = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+    wrapped = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+    wrapped.load_state_dict(plain.state_dict())
+    enable_activation_checkpointing(wrapped)
+    assert list(wrapped.state_dict()) == list(plain.state_dict())
+    x, refs, ctx = torch.randn(1, 2, 16, 4, 6), torch.randn(1, 1, 16, 4, 6), torch.randn(1, 5, 32)
+    recomputed = []
+    wrapped.blocks[0].ffn.register_forward_hook(lambda *a: recomputed.append(1))
+    for model in (plain, wrapped):
+        model(x, torch.tensor([300.0]), ctx, refs).pow(2).mean().backward()
+    assert len(recomputed) == 2  # forward, then again in backward
+    for (name, a), b in zip(plain.named_parameters(), wrapped.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_parameter_groups_follow_the_official_rule():
+    """No weight decay for biases and the cross-attention LayerNorm; decay for everything else, q/k norms and
+    modulation tables included (TR5), unless that option is off."""
+    from kaleido.dit import KaleidoDiT
+    from sat.training import parameter_groups
+    model = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ([names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4))
+    assert sorted(no_decay) == sorted(n for n in names.values() if n.endswith("bias") or ".norm_cross." in n)
+    assert "blocks.0.self_attn.norm_q.weight" in decay and "blocks.0.modulation" in decay and "head.modulation" in decay
+    assert len(decay) + len(no_decay) == len(names)
+    decay, _ = ([names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4, decay_norm_and_modulation=False))
+    assert not [n for n in decay if "norm" in n or "modulation" in n]
