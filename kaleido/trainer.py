@@ -352,7 +352,7 @@ class Trainer:
         if self.rank == 0:
             module = sat_module(weights, parse_dtype(self.args.save_dtype))
             torch.save({"module": module, "iteration": self.iteration, "dp_world_size": self.world_size,
-                        "ds_version": None}, tmp / SAT_MODEL_FILE)
+                        "engine": self.engine.name}, tmp / SAT_MODEL_FILE)
         dist.barrier()
         fault_point("before-rename", self.iteration)
         if self.rank == 0:

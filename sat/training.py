@@ -193,10 +193,11 @@ class FSDP2Engine:
         mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
         reduce = {"float32": torch.float32, "bfloat16": torch.bfloat16}[reduce_dtype]
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if settings.bf16 else torch.float32, reduce_dtype=reduce)
-        model.to(device=device, dtype=torch.float32)  # sharded master parameters in fp32
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        # Master parameters in fp32, converted after sharding: each rank holds 1/world of them, never the whole.
+        model.to(device=device, dtype=torch.float32)
         self.model = self.module = model
         groups = parameter_groups(model, settings.weight_decay, decay_norm_and_modulation)
         self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps)
