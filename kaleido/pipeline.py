@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from kaleido import io
+from kaleido.attention import ATTENTION_BACKENDS, compile_blocks, set_attention_backend
 from kaleido.checkpoint import load_dit_into
 from kaleido.engine import KaleidoEngine
 from kaleido.sharding import ShardingError, ShardPlan
@@ -55,6 +56,8 @@ class SampleArgs:
     allow_unsafe_pickle: bool = False             # full unpickling of args.load (arbitrary code: trusted files only)
     text_encoder_offload: str = "none"            # 'none', 'cpu' (umT5 runs on the CPU) or 'free' (encode all, then free)
     sequence_parallel_size: int = 1               # S: ranks sharing one video (Ulysses); data parallel = world / S
+    attention_backend: str = "auto"               # auto (fused kernels only on GPU), default, cudnn, flash, efficient, math
+    compile: bool = False                         # torch.compile each transformer block (regional; first step slower)
     allow_random_weights: bool = False            # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
     seed: int = 42                                # see the module docstring for the per-line rule
@@ -83,6 +86,8 @@ class SampleArgs:
         for key in ("sampling_num_frames", "sampling_fps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.attention_backend not in ("auto", "default", *ATTENTION_BACKENDS):
+            raise ValueError(f"attention_backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
         if self.sequence_parallel_size < 1:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
         if self.max_subject_nums < 0:
@@ -181,6 +186,9 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
                 seeded_random_init_(module, args.random_weights_seed + offset)
         log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), args.random_weights_seed)
     network = engine.network
+    set_attention_backend(network, args.attention_backend, resolve_device(args.device))
+    if args.compile:
+        compile_blocks(network)
     log.info("model: DiT %d layers × %d, %s parameters, %s", len(network.blocks), network.hidden_size,
              f"{sum(p.numel() for p in network.parameters()):,}", str(network.dtype).removeprefix("torch."))
     return engine.eval()

@@ -57,8 +57,7 @@ class RFEulerSampler:
         steps = tqdm(range(len(sigmas) - 1), desc=description, disable=not self.progress)
         for i in steps:
             sigma = sigmas[i].expand(x.shape[0])
-            x_in, sigma_in, cond_in = self.guider.prepare_inputs(x, sigma, cond, uncond)
-            velocity = self.guider(denoiser(x_in, sigma_in, cond_in).float())
+            velocity = self.guider.velocity(denoiser, x, sigma, cond, uncond)
             x = x + (sigmas[i + 1] - sigmas[i]) * velocity
             if callback is not None:
                 callback(i, x)
