@@ -31,7 +31,7 @@ def test_attention_backends_agree_and_refuse_loudly(model):
         set_attention_backend(model, name, CPU)
         assert (model(x, t, ctx, refs) - reference).abs().max() < 1e-5, name
     set_attention_backend(model, "cudnn", CPU)  # no cuDNN attention on the CPU: an explicit error, no fallback
-    with pytest.raises(RuntimeError, match=r"no allowed attention kernel \(CUDNN_ATTENTION\) accepts q \(2, 216, 2, 32\) torch.float32 on cpu"):
+    with pytest.raises(RuntimeError, match=r"no allowed attention kernel \(CUDNN_ATTENTION\) accepts q \(2, 24, 2, 32\) torch.float32 on cpu"):
         model(x, t, ctx, refs)
     with pytest.raises(ValueError, match="attention backend: expected auto, default or one of"):
         set_attention_backend(model, "xformers", CPU)
