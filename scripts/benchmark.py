@@ -1,6 +1,19 @@
 """Measurements that are recorded, never asserted (docs/benchmarks/). One JSON line per run on stdout.
 
-    python scripts/benchmark.py load --checkpoint DIR [--synthesize] [--config MODEL.yaml] [--device cpu]
+    python scripts/benchmark.py block    [--size real|tiny] [--refs 0|1|2|3] [--layers N] [--compare] [--compile]
+    python scripts/benchmark.py step     [--size real|tiny] [--refs N] [--cfg batched|sequential] [--compare]
+    python scripts/benchmark.py vae      [--size real|tiny]          decode 21 latent frames at 512x896 (real)
+    python scripts/benchmark.py text     [--size real|tiny]          umT5-XXL encoder, prompt + negative prompt
+    python scripts/benchmark.py e2e-tiny [--compare]                 the tiny CPU config end to end
+    python scripts/benchmark.py diffusers-tiny                       our tiny DiT vs diffusers' WanTransformer3DModel
+    python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
+
+Timings: median, min, max and interquartile range over --repeats runs after --warmup runs (CUDA synchronised).
+`block` and `step` report model FLOPs (kaleido/flops.py, spec performance.md §2), achieved TFLOP/s and MFU
+(of 989 TFLOP/s), the SDPA kernels that actually ran (profiler), peak memory and the software versions.
+`--compare` times scripts/reference_dit.py (the same math written in the official eager style) on the same
+weights and inputs in the same process and reports the speed ratio and the relative difference of the outputs.
+Weights are random (bf16 on GPU, fp32 on CPU); the real sizes need a GPU (28.6 GB for `step`).
 
 load: host memory and time to build the DiT of `--config` (default: the 14B one) from a SAT checkpoint the way
 `sample_video.py` does (meta-device build, memory-mapped weights-only read, tensors assigned). `--synthesize` first
@@ -16,6 +29,7 @@ import mmap
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,10 +41,14 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from kaleido.attention import compile_blocks, set_attention_backend  # noqa: E402
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into  # noqa: E402
+from kaleido.dit import KaleidoDiT  # noqa: E402
+from kaleido.flops import dit_flops, mfu  # noqa: E402
 from kaleido.keymap import SAT_PREFIX, to_layout  # noqa: E402
 from sat.config import load_config  # noqa: E402
-from sgm.util import instantiate_from_config  # noqa: E402
+from scripts.reference_dit import ReferenceDiT  # noqa: E402
+from sgm.util import instantiate_from_config, seeded_random_init_  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"
 
@@ -104,10 +122,265 @@ def measure_load(config_file: str | Path, checkpoint: str | Path, device: str, m
     return result
 
 
+
+# ------------------------------------------------------------------------------------------- timing helpers
+
+SIZES = {
+    # DiT width, heads, FFN, text_dim, layers for `block`/`step`, latent (frames, h, w) of the video
+    "real": {"hidden_size": 5120, "num_attention_heads": 40, "inner_hidden_size": 13824, "text_dim": 4096,
+             "layers": 40, "latent": (21, 64, 112), "text_tokens": 512},
+    "tiny": {"hidden_size": 64, "num_attention_heads": 2, "inner_hidden_size": 160, "text_dim": 32,
+             "layers": 2, "latent": (4, 16, 32), "text_tokens": 512},
+}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn, device: torch.device, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+    return {"median_s": statistics.median(times), "min_s": times[0], "max_s": times[-1], "iqr_s": q3 - q1,
+            "repeats": repeats, "warmup": warmup}
+
+
+def attention_kernels(fn, device: torch.device) -> list[str]:
+    """The SDPA implementations one call of `fn` dispatched to, from the profiler's op and kernel names."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        fn()
+        synchronize(device)
+    found = set()
+    for event in profile.events():
+        name = event.name.lower()
+        if "cudnn" in name and ("sdpa" in name or "attention" in name or "fmha" in name):
+            found.add("cudnn")
+        elif "_flash_attention_for_cpu" in name:
+            found.add("flash-cpu")
+        elif "flash" in name and ("attention" in name or "fwd" in name):
+            found.add("flash")
+        elif "efficient_attention" in name or "fmha_cutlass" in name or "mem_eff" in name:
+            found.add("efficient")
+        elif "_scaled_dot_product_attention_math" in name:
+            found.add("math")
+    return sorted(found)
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"cuda_peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+    return {"host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def random_dit(size: str, layers: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> KaleidoDiT:
+    """A DiT of the given size with random weights made on the device (no host copy of 14B parameters)."""
+    spec = SIZES[size]
+    with torch.device("meta"):
+        model = KaleidoDiT(hidden_size=spec["hidden_size"], num_layers=layers, num_attention_heads=spec["num_attention_heads"],
+                           inner_hidden_size=spec["inner_hidden_size"], text_dim=spec["text_dim"], dtype="float32")
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            # Never time on zeros (faster kernels); fan-in scaling keeps activations O(1) through the blocks.
+            param.normal_(generator=generator).mul_(1.0 if param.ndim < 2 else param[0].numel() ** -0.5)
+            if "modulation" in name:
+                param.mul_(0.1)
+    return model.eval()
+
+
+def dit_inputs(size: str, refs: int, batch: int, device: torch.device, seed: int = 1) -> tuple:
+    spec = SIZES[size]
+    frames, h, w = spec["latent"]
+    generator = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(batch, frames, 16, h, w, generator=generator, device=device)
+    references = torch.randn(1, refs, 16, h, w, generator=generator, device=device) if refs else None
+    context = torch.randn(batch, spec["text_tokens"], spec["text_dim"], generator=generator, device=device)
+    t = torch.full((batch,), 500.0, device=device)
+    return x, t, context, references
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.float() - b.float()).pow(2).mean() / b.float().pow(2).mean()).sqrt())
+
+
+def dit_benchmark(args) -> dict:
+    """`block` (args.layers blocks, one forward) and `step` (all layers, one CFG step = 2 forwards)."""
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    spec = SIZES[args.size]
+    layers = args.layers or (1 if args.mode == "block" else spec["layers"])
+    model = random_dit(args.size, layers, device, dtype)
+    set_attention_backend(model, args.attention_backend, device)
+    if args.compile:
+        compile_blocks(model)
+    batch = 2 if (args.mode == "step" and args.cfg == "batched") else 1
+    x, t, context, references = dit_inputs(args.size, args.refs, batch, device)
+    forwards = 2 if args.mode == "step" else 1
+
+    def ours():
+        with torch.no_grad():
+            if args.mode == "step" and args.cfg == "sequential":
+                return [model(x, t, context, references), model(x, t, context, references)]
+            return model(x, t, context, references)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_runs(ours, device, args.warmup, args.repeats)
+    frames, h, w = spec["latent"]
+    sequence = (frames + args.refs) * (h // 2) * (w // 2)
+    flops = forwards * dit_flops(sequence, layers, spec["hidden_size"], spec["inner_hidden_size"], spec["text_tokens"]).total
+    record = {"layers": layers, "refs": args.refs, "tokens": sequence, "dtype": str(dtype).removeprefix("torch."),
+              "cfg": args.cfg if args.mode == "step" else None, "compile": args.compile,
+              "attention_backend": args.attention_backend, "timing": timing, "model_tflop": flops / 1e12,
+              "tflops_per_s": flops / timing["median_s"] / 1e12, "mfu": mfu(flops, timing["median_s"]),
+              "sdpa_kernels": attention_kernels(ours, device), **peak_memory(device)}
+    if args.mode == "step":
+        record["projected_50_steps_s"] = 50 * timing["median_s"]
+    if args.compare:
+        reference = ReferenceDiT(model)
+
+        def baseline():
+            with torch.no_grad():
+                outputs = [reference(x, t, context, references) for _ in range(2 if args.mode == "step" and args.cfg == "sequential" else 1)]
+            return outputs[-1]
+
+        record["reference_timing"] = time_runs(baseline, device, args.warmup, args.repeats)
+        record["speedup_vs_reference"] = record["reference_timing"]["median_s"] / timing["median_s"]
+        out = ours()
+        record["relative_difference_vs_reference"] = relative_difference(out[-1] if isinstance(out, list) else out, baseline())
+    return record
+
+
+def vae_benchmark(args) -> dict:
+    from sgm.vae import WanVAE
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dim, (frames, h, w) = (96, (21, 64, 112)) if args.size == "real" else (8, (3, 8, 12))
+    vae = WanVAE(dim=dim, dtype=dtype).eval()
+    seeded_random_init_(vae, 0)
+    vae.to(device)
+    latents = torch.randn(1, 16, frames, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_runs(lambda: vae.decode(latents), device, args.warmup, args.repeats)
+    return {"latent": [frames, h, w], "video_frames": 4 * (frames - 1) + 1, "dtype": dtype, "timing": timing,
+            **peak_memory(device)}
+
+
+def text_benchmark(args) -> dict:
+    from sgm.umt5 import UMT5Encoder
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sizes = ({"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64, "num_layers": 24}
+             if args.size == "real" else {"vocab_size": 128, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 2})
+    with torch.device("meta"):
+        encoder = UMT5Encoder(**sizes)
+    encoder = encoder.to_empty(device=device).to(dtype).eval()
+    with torch.no_grad():
+        for param in encoder.parameters():
+            param.normal_().mul_(0.02 if param.ndim >= 2 else 1.0)
+    ids = torch.randint(0, sizes["vocab_size"], (2, 512), device=device)
+    mask = torch.ones_like(ids)
+
+    def encode():
+        with torch.no_grad():
+            return encoder(ids, mask)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_runs(encode, device, args.warmup, args.repeats)
+    return {"sizes": sizes, "prompts": 2, "tokens": 512, "dtype": str(dtype).removeprefix("torch."), "timing": timing,
+            **peak_memory(device)}
+
+
+def e2e_tiny_benchmark(args) -> dict:
+    """The CPU demo end to end (3 prompts with 1-3 references), and with --compare the same run with the
+    reference DiT implementation swapped in."""
+    from kaleido.pipeline import SampleArgs, build_engine, run
+    from sat.config import parse_args
+
+    config = load_config([str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")],
+                         [f"args.input_file={REPO / 'examples/prompts.txt'}",
+                          f"model.conditioner_config.params.tokenizer_path={REPO / 'examples/tiny_umt5_tokenizer'}"])
+    sample_args = parse_args(SampleArgs, config)
+    engine = build_engine(sample_args, config)
+    engine.sampler.progress = False
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the example prompts name their references relative to the repository
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            sample_args.output_dir, sample_args.overwrite = out, True
+            timing = time_runs(lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats)
+            record = {"prompts": 3, "steps": engine.sampler.num_steps, "size": sample_args.sampling_image_size,
+                      "latent_frames": sample_args.sampling_num_frames, "timing": timing}
+            if args.compare:
+                engine.network = ReferenceDiT(engine.network)
+                record["reference_timing"] = time_runs(lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats)
+                record["speedup_vs_reference"] = record["reference_timing"]["median_s"] / timing["median_s"]
+    finally:
+        os.chdir(cwd)
+    return record
+
+
+def diffusers_tiny_benchmark(args) -> dict:
+    """Our tiny DiT against diffusers' WanTransformer3DModel with the same weights and inputs (no references)."""
+    try:
+        from diffusers import WanTransformer3DModel
+    except ImportError:
+        raise SystemExit("error: diffusers is not installed (pip install -r requirements-test.txt)") from None
+    device = torch.device("cpu")
+    model = random_dit("tiny", SIZES["tiny"]["layers"], device, torch.float32)
+    spec = SIZES["tiny"]
+    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=spec["num_attention_heads"],
+                                attention_head_dim=spec["hidden_size"] // spec["num_attention_heads"], in_channels=16,
+                                out_channels=16, text_dim=spec["text_dim"], freq_dim=256, ffn_dim=spec["inner_hidden_size"],
+                                num_layers=spec["layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()
+    wan.load_state_dict(to_layout(model.state_dict(), "diffusers"), strict=True)
+    x, t, context, _ = dit_inputs("tiny", 0, 1, device)
+
+    def ours():
+        with torch.no_grad():
+            return model(x, t, context)
+
+    def theirs():
+        with torch.no_grad():
+            return wan(x.transpose(1, 2), t, context, return_dict=False)[0].transpose(1, 2)
+
+    mine, other = time_runs(ours, device, args.warmup, args.repeats), time_runs(theirs, device, args.warmup, args.repeats)
+    return {"tokens": spec["latent"][0] * (spec["latent"][1] // 2) * (spec["latent"][2] // 2), "timing": mine,
+            "diffusers_timing": other, "speedup_vs_diffusers": other["median_s"] / mine["median_s"],
+            "relative_difference_vs_diffusers": relative_difference(ours(), theirs())}
+
+
 def environment() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    if torch.cuda.is_available():
+        info["sdp_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+                               for name in ("flash", "mem_efficient", "math", "cudnn") if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")}
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +394,34 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--mmap-shared", action="store_true",
                       help="map the file shared (hosts whose RAM + swap is smaller than the file; benchmark files only)")
     load.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    runners = {"block": dit_benchmark, "step": dit_benchmark, "vae": vae_benchmark, "text": text_benchmark,
+               "e2e-tiny": e2e_tiny_benchmark, "diffusers-tiny": diffusers_tiny_benchmark}
+    for name in runners:
+        sub = modes.add_parser(name)
+        sub.add_argument("--size", choices=("real", "tiny"), default="real" if torch.cuda.is_available() else "tiny")
+        sub.add_argument("--device", help="default: cuda if available, else cpu")
+        sub.add_argument("--warmup", type=int, default=2)
+        sub.add_argument("--repeats", type=int, default=5)
+        sub.add_argument("--out", type=Path, help="also append the JSON line to this file")
+        if name in ("block", "step"):
+            sub.add_argument("--refs", type=int, default=3, choices=(0, 1, 2, 3))
+            sub.add_argument("--layers", type=int, help="default: 1 for block, all for step")
+            sub.add_argument("--cfg", choices=("batched", "sequential"), default="batched")
+            sub.add_argument("--attention-backend", default="auto")
+            sub.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
+        if name in ("block", "step", "e2e-tiny"):
+            sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
     args = parser.parse_args(argv)
+    if args.mode in runners:
+        record = {"mode": args.mode, **({"size": args.size} if args.mode in ("block", "step", "vae", "text") else {}),
+                  "environment": environment(), "result": runners[args.mode](args)}
+        line = json.dumps(record)
+        print(line)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        return 0
 
     if args.child:  # the measurement itself, in a fresh process
         print(json.dumps(measure_load(args.config, args.checkpoint, args.device, args.mmap_shared)))

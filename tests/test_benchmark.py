@@ -24,3 +24,33 @@ def test_load_mode_synthesizes_and_loads_the_configs_shapes(tmp_path):
     for key in ("RssAnon", "RssFile", "ru_maxrss"):
         assert record["result"]["memory_gib_after_reading_all"][key] > 0
     assert record["environment"]["torch"] == __import__("torch").__version__
+
+
+def run_mode(capsys, *argv) -> dict:
+    from scripts.benchmark import main
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_dit_modes_report_flops_kernels_and_the_reference_comparison(capsys):
+    """CI-size runs of `block` and `step` (values recorded, never asserted as speed): the token count and FLOPs
+    follow the spec's formulas and the reference implementation computes the same outputs."""
+    for mode, layers, forwards in (("block", 1, 1), ("step", 2, 2)):
+        record = run_mode(capsys, mode, "--size", "tiny", "--refs", "3", "--repeats", "1", "--warmup", "0", "--compare")
+        result = record["result"]
+        assert record["mode"] == mode and result["layers"] == layers
+        assert result["tokens"] == (4 + 3) * 8 * 16  # (latent frames + references) x (16/2) x (32/2)
+        per_token = 12 * 64 * 64 + 4 * 64 * 160
+        expected = forwards * layers * (result["tokens"] * per_token + 4 * 512 * 64 * 64
+                                        + 4 * result["tokens"] ** 2 * 64 + 4 * result["tokens"] * 512 * 64)
+        assert abs(result["model_tflop"] * 1e12 - expected) < 1
+        assert result["sdpa_kernels"] and result["timing"]["median_s"] > 0 and result["speedup_vs_reference"] > 0
+        assert result["relative_difference_vs_reference"] < 1e-5
+    assert record["result"]["projected_50_steps_s"] == 50 * record["result"]["timing"]["median_s"]
+
+
+def test_vae_text_and_diffusers_modes_run(capsys):
+    assert run_mode(capsys, "vae", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]["video_frames"] == 9
+    assert run_mode(capsys, "text", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]["tokens"] == 512
+    record = run_mode(capsys, "diffusers-tiny", "--repeats", "1", "--warmup", "0")
+    assert record["result"]["relative_difference_vs_diffusers"] < 1e-4  # same math, float64 vs float32 RoPE tables

@@ -59,3 +59,25 @@ def test_cfg_as_two_forwards_matches_the_batch_of_two(model):
                                {"context": uncond_ctx, "references": refs}))
         assert calls == ([2] * 3 if batched else [1] * 6)
     assert (results[0] - results[1]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_the_benchmarks_reference_implementation_computes_the_same_math(model):
+    """scripts/reference_dit.py (official-style eager code, the `--compare` baseline) equals the DiT in fp32,
+    with references and without."""
+    from scripts.reference_dit import ReferenceDiT
+    x, t, ctx, refs = inputs()
+    reference = ReferenceDiT(model)
+    for r in (refs, None):
+        assert (reference(x, t, ctx, r) - model(x, t, ctx, r)).abs().max() < 2e-5
+
+
+@torch.no_grad()
+def test_the_reference_implementation_reproduces_the_golden_outputs():
+    from scripts.reference_dit import ReferenceDiT
+    from tests.golden import golden_dit, tensors
+    io = tensors("dit_io.safetensors")
+    reference = ReferenceDiT(golden_dit())
+    for n in (1, 3):
+        out = reference(io["x"], io["timesteps"], io["context"], io[f"subjects_{n}ref"])
+        assert (out - io[f"out_{n}ref"]).abs().max() < 1e-4, n
