@@ -35,8 +35,14 @@ from kaleido import io
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into, sat_module
 from kaleido.data import SampleError, SFTDataset, collate
 from kaleido.engine import KaleidoEngine
-from kaleido.training import REFERENCE_ENCODINGS, SampleOrder, TrainingObjective, micro_batch_positions
-from sat import training
+from kaleido.pipeline import resolve_device
+from kaleido.training import (
+    REFERENCE_ENCODINGS,
+    SampleOrder,
+    TrainingObjective,
+    micro_batch_positions,
+)
+from sat import parallel, training
 from sat.config import Config, ConfigError
 from sgm.util import parse_dtype, seeded_random_init_
 from sgm.weights import read_torch_container
@@ -117,11 +123,8 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """Join torchrun's world, or make a world of one (both engines need a process group)."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if device_name == "cuda" else device_name)
+        os.environ.setdefault("MASTER_PORT", str(parallel.free_port()))
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -129,14 +132,6 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TrainingError(RuntimeError):

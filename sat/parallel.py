@@ -57,6 +57,15 @@ class ParallelState:
         return f"world {self.world_size} = data parallel {self.dp_size} × sequence parallel {self.sp_size}"
 
 
+def free_port() -> int:
+    """An unused local TCP port (rendezvous of a single-machine world)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launched_world() -> tuple[int, int, int]:
     """(world size, rank, local rank) from the torchrun environment; (1, 0, 0) for a plain process."""
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))

@@ -2,7 +2,6 @@
 parallelism over prompt lines give the single-process results; the layout is checked before any model work."""
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -12,18 +11,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from kaleido.sharding import ShardingError, ShardPlan, legal_degrees
+from sat.parallel import free_port
 from tests.golden import REPO
 
 TINY = f"{REPO}/configs/video_model/dit_crossattn_tiny.yaml {REPO}/configs/sampling/sample_tiny.yaml"
 STEPS = ["args.input_file=prompts.txt", f"model.conditioner_config.params.tokenizer_path={REPO}/examples/tiny_umt5_tokenizer",
          "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2", "--save-latents"]
 LINES = ["A red ball.@@red.png", "A ball and a leaf.@@red.png@@green.png@@red.png", "Just a meadow."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

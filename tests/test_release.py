@@ -3,7 +3,6 @@ every official file format, is found from `args.model_root` with the paths of th
 the same latents as the in-memory model. Plus the loading options and errors of the real-weights path."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import sample_video
 from kaleido.keymap import SAT_PREFIX, to_layout
 from kaleido.pipeline import SampleArgs, build_engine, configured_paths
 from sat.config import ConfigError, load_config, parse_args
+from sat.parallel import free_port
 from scripts.tiny_tokenizer import build_tiny_tokenizer
 from tests.golden import REPO
 
@@ -38,12 +38,6 @@ def shipped_path_overrides() -> list[str]:
                 if key.endswith("_path"):
                     overrides.append(f"model.{component}.params.{key}={value}")
     return overrides
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_deepspeed_checkpoint(folder, module: dict, tag: str) -> None:

@@ -3,7 +3,6 @@ interrupted saves, non-finite losses and bad settings. Every run is a subprocess
 torch.distributed)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,16 +10,11 @@ import pytest
 import torch
 
 from kaleido.checkpoint import load_dit_weights, read_sat_checkpoint
-from tests.golden import REPO
+from sat.parallel import free_port
 from scripts.tiny_dataset import write_tiny_dataset
+from tests.golden import REPO
 
 BASE = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/training/train_tiny.yaml")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
