@@ -426,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:  # the measurement itself, in a fresh process
         print(json.dumps(measure_load(args.config, args.checkpoint, args.device, args.mmap_shared)))
         return 0
-    record = {"mode": "load", "config": str(args.config), "checkpoint": str(args.checkpoint), "mmap": "shared" if args.mmap_shared else "private",
+    config_name = Path(args.config).resolve()
+    config_name = config_name.relative_to(REPO) if config_name.is_relative_to(REPO) else config_name
+    record = {"mode": "load", "config": str(config_name), "checkpoint": str(args.checkpoint), "mmap": "shared" if args.mmap_shared else "private",
               "environment": environment()}
     if args.synthesize:
         record["synthesized"] = synthesize(args.config, args.checkpoint)
