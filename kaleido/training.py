@@ -87,7 +87,7 @@ class TrainingObjective:
         video = batch["video"].to(device)                                             # (B, T, 3, H, W)
         x0 = self.first_stage.encode(video.transpose(1, 2)).transpose(1, 2) * self.scale_factor
         texts = ["" if caption_dropped(self.seed, p, self.text_dropout) else text for p, text in zip(positions, batch["text"])]
-        context = self.conditioner(texts)
+        context = self.conditioner(texts).to(device)  # the text encoder may live on the CPU
         if self.reference_encoding == "stacked_first":
             stacked = batch["references"][0].to(device).transpose(0, 1)[None]         # (1, 3, N, H, W): one video
             refs = self.first_stage.encode(stacked).transpose(1, 2) * self.scale_factor
