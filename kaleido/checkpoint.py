@@ -23,8 +23,8 @@ from kaleido import io
 from kaleido.keymap import SAT_PREFIX, architecture_differences, to_layout, to_ours
 from sgm.util import random_parameter
 from sgm.weights import (
-    LFS_POINTER_PREFIX,
     WeightsError,
+    check_not_lfs_pointer,
     describe_key_problems,
     load_state_dict_strict,
     read_tensor_file,
@@ -116,9 +116,7 @@ def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
 def _safetensors_source(path: Path, files: list[Path], weight_map: dict | None, stack: ExitStack) -> Source:
     handles, meta, where = {}, {}, {}
     for file in files:
-        with open(file, "rb") as f:
-            if f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
-                raise CheckpointError(f"{file}: is a Git LFS pointer, not the weights (run `git lfs pull`)")
+        check_not_lfs_pointer(file)
         try:
             handle = stack.enter_context(safe_open(str(file), framework="pt"))
             for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)

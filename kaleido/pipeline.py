@@ -24,7 +24,7 @@ from sat import parallel
 from sat.config import Config, ConfigError
 from sgm.util import seeded_random_init_
 from sgm.vae import DEFAULT_DIM_MULT, spatial_factor
-from sgm.weights import LFS_POINTER_PREFIX, read_tensor_file
+from sgm.weights import is_lfs_pointer, read_tensor_file
 
 log = logging.getLogger("kaleido")
 
@@ -151,7 +151,7 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
         target = Path(path)
         if not target.exists():
             problems.append(f"{path} ({key}, {config.where(key)}) does not exist")
-        elif target.is_file() and target.stat().st_size < 1024 and target.read_bytes().startswith(LFS_POINTER_PREFIX):
+        elif target.is_file() and is_lfs_pointer(target):
             problems.append(f"{path} ({key}) is a Git LFS pointer: run `git lfs pull` in the model folder")
     if problems:
         hint = ""
@@ -159,6 +159,26 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
             hint = (f"; args.model_root={args.model_root} ({config.where('args.model_root')}) should be the "
                     "Kaleido-14B-S2V release folder (README, 'Use the released weights')")
         raise ConfigError("missing weights: " + "; ".join(problems) + hint)
+
+
+def init_missing_weights(engine: KaleidoEngine, dit_loaded: bool, allowed: bool, seed: int, where: str) -> None:
+    """Components without a checkpoint get seeded random weights (seed + 0/1/2 for DiT/text encoder/VAE) when
+    `allowed`, with a loud warning; otherwise one error naming them."""
+    components = {
+        "DiT": (engine.network, dit_loaded),
+        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
+        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
+    }
+    unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
+    if not unweighted:
+        return
+    if not allowed:
+        raise ConfigError(f"{where}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the weights_path "
+                          "params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test")
+    for offset, (module, has_weights) in enumerate(components.values()):
+        if not has_weights:
+            seeded_random_init_(module, seed + offset)
+    log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), seed)
 
 
 def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
@@ -169,22 +189,7 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
     if args.load:
         load_dit_into(engine.network, args.load, args.force_inference, args.allow_unsafe_pickle, args.random_weights_seed)
-    components = {
-        "DiT": (engine.network, bool(args.load)),
-        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
-        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
-    }
-    unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
-    if unweighted:
-        if not args.allow_random_weights:
-            raise ConfigError(
-                f"{config.where('args')}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the "
-                "weights_path params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test"
-            )
-        for offset, (module, has_weights) in enumerate(components.values()):
-            if not has_weights:
-                seeded_random_init_(module, args.random_weights_seed + offset)
-        log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), args.random_weights_seed)
+    init_missing_weights(engine, bool(args.load), args.allow_random_weights, args.random_weights_seed, config.where("args"))
     network = engine.network
     set_attention_backend(network, args.attention_backend, resolve_device(args.device))
     if args.compile:

@@ -35,7 +35,7 @@ from kaleido import io
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into, sat_module
 from kaleido.data import SampleError, SFTDataset, collate
 from kaleido.engine import KaleidoEngine
-from kaleido.pipeline import resolve_device
+from kaleido.pipeline import init_missing_weights, resolve_device
 from kaleido.training import (
     REFERENCE_ENCODINGS,
     SampleOrder,
@@ -44,7 +44,7 @@ from kaleido.training import (
 )
 from sat import parallel, training
 from sat.config import Config, ConfigError
-from sgm.util import parse_dtype, seeded_random_init_
+from sgm.util import parse_dtype
 from sgm.weights import read_torch_container
 
 log = logging.getLogger("kaleido.train")
@@ -301,16 +301,7 @@ class Trainer:
         engine = KaleidoEngine.from_config(self.config.section("model"), self.config.where, meta_network=bool(args.load))
         if args.load:
             load_dit_into(engine.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
-        unweighted = [name for name, module, has in (
-            ("DiT", engine.network, bool(args.load)),
-            ("text encoder", engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
-            ("VAE", engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None)))) if not has]
-        if unweighted and not args.allow_random_weights:
-            raise ConfigError(f"{self.config.where('args')}: no weights for {', '.join(unweighted)}: set args.load and the "
-                              "weights_path params, or args.allow_random_weights=true for a smoke test")
-        for offset, (name, module) in enumerate((("DiT", engine.network), ("text encoder", engine.conditioner), ("VAE", engine.first_stage))):
-            if name in unweighted:
-                seeded_random_init_(module, args.seed + offset)
+        init_missing_weights(engine, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args"))
         self.frozen = engine
         # Frozen: not in the optimizer, not sharded.
         engine.first_stage.requires_grad_(False).eval().to(self.device)

@@ -44,10 +44,14 @@ def numpy_safe_globals() -> list:
     return allowed
 
 
-def _check_not_lfs_pointer(path: Path) -> None:
+def is_lfs_pointer(path: str | Path) -> bool:
+    """A Git LFS pointer file (what a clone without LFS leaves in place of the weights)."""
     with open(path, "rb") as f:
-        head = f.read(len(LFS_POINTER_PREFIX))
-    if head == LFS_POINTER_PREFIX:
+        return f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+
+
+def check_not_lfs_pointer(path: Path) -> None:
+    if is_lfs_pointer(path):
         raise WeightsError(f"{path}: is a Git LFS pointer, not the weights (the clone skipped LFS files): "
                            "run `git lfs pull` in the model folder, then the release's merge step")
 
@@ -70,7 +74,7 @@ def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    _check_not_lfs_pointer(path)
+    check_not_lfs_pointer(path)
     mmap = zipfile.is_zipfile(path)  # mmap needs the zip format (torch.save's default since 1.6)
     try:
         if allow_unsafe_pickle:
@@ -98,7 +102,7 @@ def read_tensor_file(path: str | Path, allow_unsafe_pickle: bool = False) -> dic
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    _check_not_lfs_pointer(path)
+    check_not_lfs_pointer(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
