@@ -379,6 +379,8 @@ class Trainer:
         network.eval()
         engine = KaleidoEngine(network, self.frozen.conditioner, self.frozen.first_stage, self.frozen.sampler,
                                self.frozen.scale_factor)
+        # Every rank runs the same forwards (FSDP2 gathers inside them): CFG 'auto' must choose one mode for all.
+        engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, self.device)
         try:
             run(sample_args, engine)
         finally:
@@ -409,7 +411,7 @@ class Trainer:
                 log.warning("skipped an unreadable sample (replaced by the next one): %s", reason)
             self.micro_step += 1
             out = self.objective(self.engine.module, batch, positions)
-            if not training.all_ranks_true(bool(torch.isfinite(out["loss"]).all()), self.device):
+            if not parallel.all_ranks_true(bool(torch.isfinite(out["loss"]).all()), self.device):
                 nonfinite += 1
                 log.warning("non-finite loss at micro-step %d (positions %s): micro-batch dropped (%d in a row)",
                             self.micro_step, positions, nonfinite)

@@ -137,6 +137,16 @@ def all_gather_sp(state: ParallelState, tensor: torch.Tensor) -> list[torch.Tens
     return chunks
 
 
+def all_ranks_true(flag: bool, device: torch.device, group=None) -> bool:
+    """True when `flag` holds on every rank of `group` (default: all ranks), so that they all take the same branch
+    before a collective. `device`: where the collective's tensor lives (the GPU for nccl)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
+    return bool(value.item())
+
+
 def barrier(state: ParallelState) -> None:
     if state.world_size > 1:
         dist.barrier()

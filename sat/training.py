@@ -116,14 +116,6 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True when `flag` holds on every rank (so that all ranks take the same branch before a collective)."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 # ------------------------------------------------------------------------------------------------ DeepSpeed
 
 class DeepSpeedEngine:
