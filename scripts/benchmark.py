@@ -13,7 +13,8 @@ Timings: median, min, max and interquartile range over --repeats runs after --wa
 (of 989 TFLOP/s), the SDPA kernels that actually ran (profiler), peak memory and the software versions.
 `--compare` times scripts/reference_dit.py (the same math written in the official eager style) on the same
 weights and inputs in the same process and reports the speed ratio and the relative difference of the outputs.
-Weights are random (bf16 on GPU, fp32 on CPU); the real sizes need a GPU (28.6 GB for `step`).
+Weights are random (bf16 on GPU, fp32 on CPU, or --dtype); the real sizes need a GPU (28.6 GB for `step`).
+`block` in bf16 also reports `relative_error_vs_fp32`: its output against the same weights evaluated in fp32.
 
 load: host memory and time to build the DiT of `--config` (default: the 14B one) from a SAT checkpoint the way
 `sample_video.py` does (meta-device build, memory-mapped weights-only read, tensors assigned). `--synthesize` first
@@ -24,6 +25,7 @@ peak RSS is that of the load alone.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import mmap
 import os
@@ -217,17 +219,27 @@ def dit_inputs(size: str, refs: int, batch: int, device: torch.device, seed: int
     return x, t, context, references
 
 
+def benchmark_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS of a − b relative to the RMS of b."""
     return float(((a.float() - b.float()).pow(2).mean() / b.float().pow(2).mean()).sqrt())
 
 
 def dit_benchmark(args) -> dict:
     """`block` (args.layers blocks, one forward) and `step` (all layers, one CFG step = 2 forwards)."""
     device = torch.device(args.device) if args.device else default_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = benchmark_dtype(args.dtype, device)
     spec = SIZES[args.size]
     layers = args.layers or (1 if args.mode == "block" else spec["layers"])
     model = random_dit(args.size, layers, device, dtype)
+    # The accuracy of the low-precision path: the same weights in fp32 (one block: a 40-layer fp32 copy would
+    # need 57 GB more), with torch's attention choice (the fused-only kernels take no fp32).
+    exact = copy.deepcopy(model).float() if (args.mode == "block" and dtype != torch.float32) else None
     set_attention_backend(model, args.attention_backend, device)
     if args.compile:
         compile_blocks(model)
@@ -254,6 +266,10 @@ def dit_benchmark(args) -> dict:
               "sdpa_kernels": attention_kernels(ours, device), **peak_memory(device)}
     if args.mode == "step":
         record["projected_50_steps_s"] = 50 * timing["median_s"]
+    if exact is not None:
+        with torch.no_grad():
+            record["relative_error_vs_fp32"] = relative_difference(ours(), exact(x, t, context, references))
+        del exact
     if args.compare:
         reference = ReferenceDiT(model)
 
@@ -408,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--layers", type=int, help="default: 1 for block, all for step")
             sub.add_argument("--cfg", choices=("batched", "sequential"), default="batched")
             sub.add_argument("--attention-backend", default="auto")
+            sub.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                             help="weights and compute (auto: bfloat16 on CUDA, float32 on the CPU)")
             sub.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
         if name in ("block", "step", "e2e-tiny"):
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")

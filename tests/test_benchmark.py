@@ -54,3 +54,12 @@ def test_vae_text_and_diffusers_modes_run(capsys):
     assert run_mode(capsys, "text", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]["tokens"] == 512
     record = run_mode(capsys, "diffusers-tiny", "--repeats", "1", "--warmup", "0")
     assert record["result"]["relative_difference_vs_diffusers"] < 1e-4  # same math, float64 vs float32 RoPE tables
+
+
+def test_block_in_bf16_reports_its_error_against_fp32(capsys):
+    """The low-precision path's accuracy is measured against the same weights in fp32 (bf16 on the CPU here)."""
+    result = run_mode(capsys, "block", "--size", "tiny", "--dtype", "bfloat16", "--repeats", "1", "--warmup", "0")["result"]
+    assert result["dtype"] == "bfloat16"
+    assert 1e-4 < result["relative_error_vs_fp32"] < 3e-2  # bf16 rounding (8 bits of mantissa), not a different result
+    fp32 = run_mode(capsys, "block", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]
+    assert fp32["dtype"] == "float32" and "relative_error_vs_fp32" not in fp32
