@@ -181,3 +181,14 @@ def test_bf16_pipeline_tracks_fp32(workdir):
     assert low.dtype == torch.float32 and torch.isfinite(low).all()  # the sampler state stays fp32
     relative = ((low - fp32).pow(2).mean() / fp32.pow(2).mean()).sqrt()
     assert 0 < relative < 0.05, relative  # measured 2.4% (bf16 rounding through 2 CFG steps)
+
+
+def test_fast_path_options_give_the_default_latents(workdir):
+    """args.compile, args.attention_backend and CFG as two forwards, as a user sets them: the same latents."""
+    (workdir / "prompts.txt").write_text("A ball and a leaf.@@red.png@@green.png\n")
+    assert sample("--save-latents") == 0
+    assert sample("--save-latents", "args.output_dir=fast", "args.compile=true", "args.attention_backend=math",
+                  "model.sampler_config.params.guider.params.batched=false") == 0
+    name = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
+    default, fast = (load_file(str(workdir / root / name))["latent"] for root in ("out", "fast"))
+    assert (fast - default).abs().max() <= 1e-5 * default.abs().max()
