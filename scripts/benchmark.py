@@ -196,8 +196,9 @@ def random_dit(size: str, layers: int, device: torch.device, dtype: torch.dtype,
     spec = SIZES[size]
     with torch.device("meta"):
         model = KaleidoDiT(hidden_size=spec["hidden_size"], num_layers=layers, num_attention_heads=spec["num_attention_heads"],
-                           inner_hidden_size=spec["inner_hidden_size"], text_dim=spec["text_dim"], dtype="float32")
-    model = model.to_empty(device=device).to(dtype)
+                           inner_hidden_size=spec["inner_hidden_size"], text_dim=spec["text_dim"],
+                           dtype=str(dtype).removeprefix("torch."))
+    model = model.to_empty(device=device)  # allocated in the final dtype: no fp32 copy of 14B parameters
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
