@@ -484,30 +484,13 @@ def _check_reference(path: Path) -> None:
 class SFTDataset(Dataset):
     """Map-style dataset over one or more folders in the official layout (see the module docstring)."""
 
-    def __init__(
-        self,
-        data_dirs: list[str],
-        video_size: tuple[int, int] = (480, 832),
-        fps: int = 16,
-        num_frames: int = 81,
-        skip_frames: int = 3,
-        max_subjects: int = 3,
-        frame_sampling: str = "resample",
-        ref_alpha: str = "white",
-        reference_pattern: str = "ref{k}.png",
-        min_frames: int | None = None,
-        backend: str = "auto",
-    ) -> None:
-        scan = scan_dataset(data_dirs, video_size=video_size, fps=fps, num_frames=num_frames,
-                            skip_frames=skip_frames, max_subjects=max_subjects, frame_sampling=frame_sampling,
-                            ref_alpha=ref_alpha, reference_pattern=reference_pattern, min_frames=min_frames,
-                            backend=backend)
+    def __init__(self, data_dirs: str | Path | Sequence[str | Path], **settings) -> None:
+        """`settings`: those of `scan_dataset` (video_size, fps, num_frames, …), with its defaults."""
+        scan = scan_dataset(data_dirs, **settings)
         self.data_dirs = scan.data_dirs
-        self.video_size = (int(video_size[0]), int(video_size[1]))
-        self.fps = fps
-        self.num_frames = num_frames
-        self.frame_sampling = frame_sampling
-        self.ref_alpha = ref_alpha
+        self.settings = scan.settings  # backend resolved
+        self.video_size = tuple(int(v) for v in scan.settings["video_size"])
+        self.ref_alpha = scan.settings["ref_alpha"]
         self.backend = scan.settings["backend"]
         self.samples: list[SampleInfo] = scan.samples
         self.skipped: list[tuple[str, str]] = scan.skipped

@@ -264,8 +264,9 @@ class Trainer:
             self.settings = training.OptimSettings.from_deepspeed_block(config.section("deepspeed"), self.world_size)
         except training.TrainingConfigError as err:
             raise ConfigError(f"{config.where('deepspeed')}: {err}") from None
-        self.dataset = SFTDataset(args.train_data, tuple(args.video_size), args.fps, args.num_frames, args.skip_frames,
-                                  args.max_subjects, args.frame_sampling)
+        self.dataset = SFTDataset(args.train_data, video_size=tuple(args.video_size), fps=args.fps, num_frames=args.num_frames,
+                                  skip_frames=args.skip_frames, max_subjects=args.max_subjects,
+                                  frame_sampling=args.frame_sampling)
         self.resume_from = self._resume_point()
         for generator_seed in (random.seed, np.random.seed, torch.manual_seed):  # the official per-rank global seeding
             generator_seed(args.seed + self.rank)
