@@ -7,6 +7,7 @@
     python scripts/benchmark.py e2e-tiny [--compare]                 the tiny CPU config end to end
     python scripts/benchmark.py diffusers-tiny                       our tiny DiT vs diffusers' WanTransformer3DModel
     python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
+    python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
 Timings: median, min, max and interquartile range over --repeats runs after --warmup runs (CUDA synchronised).
 `block` and `step` report model FLOPs (kaleido/flops.py, spec performance.md §2), achieved TFLOP/s and MFU
@@ -48,7 +49,6 @@ from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into  # noqa: E402
 from kaleido.dit import KaleidoDiT  # noqa: E402
 from kaleido.flops import dit_flops, mfu  # noqa: E402
 from kaleido.keymap import SAT_PREFIX, to_layout  # noqa: E402
-from sat.config import load_config  # noqa: E402
 from scripts.reference_dit import ReferenceDiT  # noqa: E402
 from sgm.util import instantiate_from_config, seeded_random_init_  # noqa: E402
 
@@ -69,6 +69,8 @@ def memory_status() -> dict[str, float]:
 
 
 def build_meta_dit(config_file: str | Path) -> torch.nn.Module:
+    from sat.config import load_config  # the GPU modes run without omegaconf
+
     config = load_config([str(config_file)], ["args.model_root=unused"])
     with torch.device("meta"):
         return instantiate_from_config(config.section("model")["network_config"], "model.network_config", config.where)
@@ -334,7 +336,7 @@ def e2e_tiny_benchmark(args) -> dict:
     """The CPU demo end to end (3 prompts with 1-3 references), and with --compare the same run with the
     reference DiT implementation swapped in."""
     from kaleido.pipeline import SampleArgs, build_engine, run
-    from sat.config import parse_args
+    from sat.config import load_config, parse_args
 
     config = load_config([str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")],
                          [f"args.input_file={REPO / 'examples/prompts.txt'}",
@@ -400,6 +402,65 @@ def environment() -> dict:
     return info
 
 
+def read_records(files: list[Path]) -> list[dict]:
+    records = []
+    for file in files:
+        for number, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"error: {file}:{number}: not a JSON record ({err.msg})") from None
+    return records
+
+
+def describe(record: dict) -> str:
+    result, mode = record["result"], record["mode"]
+    if mode in ("block", "step"):
+        parts = [f"{result['layers']} layer(s)", f"{result['refs']} refs", f"{result['tokens']} tokens", result["dtype"]]
+        if result["cfg"]:
+            parts.append(f"CFG {result['cfg']}")
+        if result["compile"]:
+            parts.append("compiled")
+        return f"`{mode}` {record['size']}: " + ", ".join(parts)
+    if mode == "vae":
+        return f"`vae` {record['size']}: decode {result['latent'][0]} latent frames ({result['video_frames']} video frames)"
+    if mode == "text":
+        return f"`text` {record['size']}: {result['prompts']} × {result['tokens']} tokens"
+    return f"`{mode}`"
+
+
+def table(records: list[dict]) -> str:
+    """A markdown table of benchmark records (MFU only for GPU runs), and the projected 50-step video time where a
+    size has a full `step` with 3 references (the fastest CFG mode recorded), a `vae` and a `text` record."""
+    rows = ["| run | median | spread (IQR) | TFLOP/s | MFU | peak memory | attention | vs reference | bf16 error |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        if record["mode"] == "load":
+            continue
+        result = record["result"]
+        timing = result["timing"]
+        memory = result.get("cuda_peak_allocated_gib", result.get("host_peak_rss_gib"))
+        speedup = result.get("speedup_vs_reference", result.get("speedup_vs_diffusers"))
+        cells = [describe(record), f"{timing['median_s'] * 1e3:.1f} ms", f"{timing['iqr_s'] * 1e3:.1f} ms",
+                 f"{result['tflops_per_s']:.3g}" if "tflops_per_s" in result else "",
+                 f"{100 * result['mfu']:.1f} %" if "mfu" in result and record["environment"]["gpu"] else "",
+                 f"{memory:.1f} GiB" if memory is not None else "", ", ".join(result.get("sdpa_kernels", [])),
+                 f"{speedup:.2f}×" if speedup else "",
+                 f"{result['relative_error_vs_fp32']:.1e}" if "relative_error_vs_fp32" in result else ""]
+        rows.append("| " + " | ".join(cells) + " |")
+    lines = ["\n".join(rows)]
+    for size in dict.fromkeys(r.get("size") for r in records if r.get("size")):
+        of = {mode: [r["result"] for r in records if r["mode"] == mode and r.get("size") == size] for mode in ("step", "vae", "text")}
+        steps = [r["timing"]["median_s"] for r in of["step"] if r["refs"] == 3 and r["layers"] == SIZES[size]["layers"]]
+        if steps and of["vae"] and of["text"]:
+            step, vae, text = min(steps), of["vae"][-1]["timing"]["median_s"], of["text"][-1]["timing"]["median_s"]
+            lines.append(f"Projected {size} video with 3 references: 50 × {step:.2f} s (step) + {vae:.2f} s (VAE decode) + "
+                         f"{text:.2f} s (text) = {50 * step + vae + text:.1f} s")
+    return "\n\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", required=True)
@@ -411,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--mmap-shared", action="store_true",
                       help="map the file shared (hosts whose RAM + swap is smaller than the file; benchmark files only)")
     load.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    summary = modes.add_parser("table", help="a markdown table of recorded JSON lines")
+    summary.add_argument("files", nargs="+", type=Path)
     runners = {"block": dit_benchmark, "step": dit_benchmark, "vae": vae_benchmark, "text": text_benchmark,
                "e2e-tiny": e2e_tiny_benchmark, "diffusers-tiny": diffusers_tiny_benchmark}
     for name in runners:
@@ -442,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(line + "\n")
         return 0
 
+    if args.mode == "table":
+        print(table(read_records(args.files)))
+        return 0
     if args.child:  # the measurement itself, in a fresh process
         print(json.dumps(measure_load(args.config, args.checkpoint, args.device, args.mmap_shared)))
         return 0

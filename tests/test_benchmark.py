@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from kaleido.dit import KaleidoDiT
 from sat.config import load_config
 from tests.golden import REPO
@@ -63,3 +65,43 @@ def test_block_in_bf16_reports_its_error_against_fp32(capsys):
     assert 1e-4 < result["relative_error_vs_fp32"] < 3e-2  # bf16 rounding (8 bits of mantissa), not a different result
     fp32 = run_mode(capsys, "block", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]
     assert fp32["dtype"] == "float32" and "relative_error_vs_fp32" not in fp32
+
+
+def test_table_summarizes_records_and_projects_the_video_time(capsys, tmp_path):
+    records = tmp_path / "runs.jsonl"
+    quick = ("--size", "tiny", "--repeats", "1", "--warmup", "0", "--out", str(records))
+    step = run_mode(capsys, "step", *quick)["result"]
+    vae = run_mode(capsys, "vae", *quick)["result"]
+    text = run_mode(capsys, "text", *quick)["result"]
+    run_mode(capsys, "step", "--layers", "1", *quick)  # a partial model is listed, never projected
+    from scripts.benchmark import main
+    assert main(["table", str(records)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| `")]
+    assert len(rows) == 4 and rows[0].startswith("| `step` tiny: 2 layer(s), 3 refs, 896 tokens, float32, CFG batched |")
+    assert f"| {step['timing']['median_s'] * 1e3:.1f} ms |" in rows[0] and "flash-cpu" in rows[0]
+    total = 50 * step["timing"]["median_s"] + vae["timing"]["median_s"] + text["timing"]["median_s"]
+    assert lines[-1].startswith("Projected tiny video with 3 references: 50 × ") and lines[-1].endswith(f"= {total:.1f} s")
+    records.write_text(records.read_text() + "{not json\n")
+    with pytest.raises(SystemExit, match=rf"error: {records}:5: not a JSON record"):
+        main(["table", str(records)])
+
+
+def test_gpu_benchmark_script_records_every_run_and_reports_failures(tmp_path):
+    """scripts/gpu_benchmarks.sh at the CI size (SIZE=tiny): one record per run; a failing run is counted, the
+    others still run."""
+    def script(*args, size="tiny"):
+        return subprocess.run(["bash", str(REPO / "scripts/gpu_benchmarks.sh"), *args],
+                              env={**__import__("os").environ, "SIZE": size, "PYTHON": sys.executable},
+                              capture_output=True, text=True, timeout=600)
+
+    done = script("steps", str(tmp_path / "ok"))
+    assert done.returncode == 0, done.stdout + (tmp_path / "ok/steps.log").read_text()[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "ok/steps.jsonl").read_text().splitlines()]
+    assert [(r["mode"], r["result"]["cfg"], "speedup_vs_reference" in r["result"]) for r in records] == [
+        ("step", "batched", False), ("step", "sequential", False), ("step", "batched", True)]
+    failed = script("steps", str(tmp_path / "bad"), size="huge")
+    assert failed.returncode == 1 and "steps: 3 failed run(s)" in failed.stdout
+    assert "invalid choice: 'huge'" in (tmp_path / "bad/steps.log").read_text()
+    wrong = script("everything", str(tmp_path / "bad"))
+    assert wrong.returncode == 2 and "error: group: expected blocks or steps, got 'everything'" in wrong.stderr
