@@ -499,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
                   "environment": environment(), "result": runners[args.mode](args)}
         line = json.dumps(record)
         print(line)
+        result = record["result"]
+        for other, key in (("reference implementation", "reference_timing"), ("diffusers", "diffusers_timing")):
+            if key in result:
+                print(f"{args.mode}: ours {result['timing']['median_s'] * 1e3:.1f} ms, {other} "
+                      f"{result[key]['median_s'] * 1e3:.1f} ms: "
+                      f"{result[key]['median_s'] / result['timing']['median_s']:.2f}× faster", file=sys.stderr)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a", encoding="utf-8") as f:

@@ -105,3 +105,12 @@ def test_gpu_benchmark_script_records_every_run_and_reports_failures(tmp_path):
     assert "invalid choice: 'huge'" in (tmp_path / "bad/steps.log").read_text()
     wrong = script("everything", str(tmp_path / "bad"))
     assert wrong.returncode == 2 and "error: group: expected blocks or steps, got 'everything'" in wrong.stderr
+
+
+def test_compare_prints_the_ratio(capsys):
+    from scripts.benchmark import main
+    assert main(["block", "--size", "tiny", "--repeats", "1", "--warmup", "0", "--compare"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])["result"]
+    ours, reference = result["timing"]["median_s"], result["reference_timing"]["median_s"]
+    assert f"block: ours {ours * 1e3:.1f} ms, reference implementation {reference * 1e3:.1f} ms: {reference / ours:.2f}× faster" in captured.err
