@@ -116,6 +116,10 @@ def test_shipped_configs_validate(files):
     if "official_parity.yaml" in files[-1]:
         assert (args.t5_prompt, args.uint8_rounding, args.ref_alpha, args.allow_zero_refs) == ("full_line", "truncate", "drop", False)
         assert config.data["model"]["first_stage_config"]["params"]["norm_math"] == "bfloat16"
+    guider = instantiate_from_config(config.data["model"]["sampler_config"], "model.sampler_config", config.where).guider
+    # The official batch [uncond, cond] in the parity profile; chosen by memory in the 14B run config.
+    expected = True if "official_parity.yaml" in files[-1] else ("auto" if "14B" in files[0] else True)
+    assert (guider.scale, guider.batched) == (6.0, expected)
 
 
 def test_release_sampling_values():
