@@ -279,7 +279,9 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.save / "tensorboard"))
+            # purge_step: TensorBoard hides the events logged after the resumed checkpoint (they are replayed).
+            self.writer = SummaryWriter(str(self.save / "tensorboard"),
+                                        purge_step=self.iteration + 1 if self.resume_from is not None else None)
 
     # ---- setup
 
@@ -362,6 +364,25 @@ class Trainer:
         if rng_file.is_file():
             set_rng_state(read_torch_container(rng_file))
         log.info("resumed from %s: iteration %d, micro-step %d", folder, self.iteration, self.micro_step)
+        if self.rank == 0:
+            self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Drop the metrics.jsonl records after the resumed iteration (they are about to be replayed) and a last
+        line cut short by a kill, so the file keeps one record per iteration."""
+        path = self.save / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("iteration", 0) <= self.iteration:
+                kept.append(line + "\n")
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
 
     # ---- validation
 

@@ -41,8 +41,9 @@ def train(save, data, *overrides, nproc=1, fault=None, script=None, check=True):
 
 
 def metrics(save) -> dict[int, dict]:
-    """iteration -> its last logged record (a resumed run logs the replayed iterations again)."""
+    """iteration -> its record; every iteration is logged once, resumed runs included."""
     records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["iteration"] for r in records}) == len(records), [r["iteration"] for r in records]
     return {r["iteration"]: r for r in records}
 
 
@@ -87,6 +88,9 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
     killed = train(tmp_path / "resumed", data, *common, fault=f"{fault}@4", check=False)
     assert killed.returncode == -9  # SIGKILL
     assert (tmp_path / "resumed" / "latest").read_text() == "2"
+    assert sorted(metrics(tmp_path / "resumed")) == [1, 2, 3, 4]  # logged before the kill; 3 and 4 will be replayed
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 5, "lo')  # as a kill in the middle of a write would leave it
     rerun = train(tmp_path / "resumed", data, *common)
     assert f"resumed from {tmp_path / 'resumed' / '2'}: iteration 2, micro-step 4" in rerun.stderr
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
@@ -94,6 +98,11 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
         assert resumed[i]["loss"] == straight[i]["loss"], (i, resumed[i], straight[i])  # bitwise on CPU
         assert resumed[i]["lr"] == straight[i]["lr"]
     assert (tmp_path / "resumed" / "latest").read_text() == "6"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "resumed" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (i, pytest.approx(straight[i]["loss"], rel=1e-6)) for i in range(1, 7)]  # the replayed steps appear once
     final, straight_final = load_dit_weights(tmp_path / "resumed"), load_dit_weights(tmp_path / "straight")
     assert all(torch.equal(final[k], straight_final[k]) for k in final)
 
