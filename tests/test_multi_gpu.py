@@ -35,11 +35,15 @@ def environment(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
 
 
-def single(workdir, out, *extra):
-    result = subprocess.run([sys.executable, str(REPO / "sample_video.py"), "--base", *TINY.split(),
-                             f"args.output_dir={out}", *STEPS, *extra],
-                            cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def one_process(workdir, size: list[int]) -> dict[str, torch.Tensor]:
+    """The single-process latents of every line at `size` (sampled once per module and size)."""
+    out = workdir / f"one_{size[0]}x{size[1]}"
+    if not out.exists():
+        result = subprocess.run([sys.executable, str(REPO / "sample_video.py"), "--base", *TINY.split(),
+                                 f"args.output_dir={out}", *STEPS, f"args.sampling_image_size=[{size[0]},{size[1]}]"],
+                                cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return latents(out)
 
 
 def launch(workdir, out, nproc, sp, *extra):
@@ -47,6 +51,18 @@ def launch(workdir, out, nproc, sp, *extra):
                       PYTHON=sys.executable)
     return subprocess.run(["bash", str(REPO / "torchrun_multi_gpu.sh"), f"args.output_dir={out}", *STEPS, *extra],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def launched(workdir, name, nproc, sp, size, layout) -> tuple[dict[str, torch.Tensor], str]:
+    """Launch through torchrun_multi_gpu.sh at `size`; check the printed layout and that each line was written
+    once (by its group's source rank); return the latents and the log."""
+    result = launch(workdir, workdir / name, nproc, sp, f"args.sampling_image_size=[{size[0]},{size[1]}]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert layout in log
+    got = latents(workdir / name)
+    assert len(got) == 3 and writes_per_line(log) == dict.fromkeys(got, 1)
+    return got, log
 
 
 def latents(folder) -> dict[str, torch.Tensor]:
@@ -63,16 +79,11 @@ def writes_per_line(log: str) -> dict[str, int]:
 @pytest.mark.parametrize("size, split", [([32, 48], "H"), ([48, 64], "W")])
 def test_sequence_parallel_matches_one_process(workdir, size, split):
     """SP = 2 on a latent split along H (4x6 latent: H/2 = 2) and along W (6x8: H/2 = 3 is odd, W/2 = 4)."""
-    shape = f"args.sampling_image_size=[{size[0]},{size[1]}]"
-    single(workdir, workdir / f"one_{split}", shape)
-    result = launch(workdir, workdir / f"sp_{split}", 2, 2, shape)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stdout + result.stderr
+    expected = one_process(workdir, size)
+    got, log = launched(workdir, f"sp_{split}", 2, 2, size,
+                        f"parallel layout: world 2 = data parallel 1 × sequence parallel 2, sequence split along {split}")
     assert "layout: 1 node(s) × 2 process(es) = world 2 = data parallel 1 × sequence parallel 2" in log
-    assert f"parallel layout: world 2 = data parallel 1 × sequence parallel 2, sequence split along {split}" in log
-    expected, got = latents(workdir / f"one_{split}"), latents(workdir / f"sp_{split}")
-    assert got.keys() == expected.keys() and len(got) == 3
-    assert writes_per_line(log) == dict.fromkeys(got, 1)  # only each group's source decodes and writes
+    assert got.keys() == expected.keys()
     for name, reference in expected.items():
         # Same math; only summation order differs (shorter GEMMs, keys in rank order), ~2e-6 of the latent scale
         # at fp32 after CFG (scale 6) amplification.
@@ -82,14 +93,9 @@ def test_sequence_parallel_matches_one_process(workdir, size, split):
 
 def test_data_parallel_writes_every_line_once_and_identically(workdir):
     """DP = 2 over 3 lines: rank 0 samples lines 1 and 3, rank 1 line 2; the results are the one-process ones."""
-    single(workdir, workdir / "one_dp", "args.sampling_image_size=[32,48]")
-    result = launch(workdir, workdir / "dp", 2, 1, "args.sampling_image_size=[32,48]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert "parallel layout: world 2 = data parallel 2 × sequence parallel 1" in log
-    expected, got = latents(workdir / "one_dp"), latents(workdir / "dp")
-    assert got.keys() == expected.keys() and len(got) == 3
-    assert writes_per_line(log) == dict.fromkeys(got, 1)
+    expected = one_process(workdir, [32, 48])
+    got, log = launched(workdir, "dp", 2, 1, [32, 48], "parallel layout: world 2 = data parallel 2 × sequence parallel 1")
+    assert got.keys() == expected.keys()
     assert re.search(r"\[rank 1\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name  # the same computation, line by line
@@ -157,13 +163,10 @@ def test_sequence_parallel_of_one_leaves_the_model_untouched():
 
 def test_data_and_sequence_parallel_together(workdir):
     """World 4 = DP 2 × SP 2: groups {0, 1} and {2, 3}; group 0 takes lines 1 and 3, group 1 (source rank 2) line 2."""
-    single(workdir, workdir / "one_dpsp", "args.sampling_image_size=[32,48]")
-    result = launch(workdir, workdir / "dpsp", 4, 2, "args.sampling_image_size=[32,48]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert "parallel layout: world 4 = data parallel 2 × sequence parallel 2, sequence split along H" in log
-    expected, got = latents(workdir / "one_dpsp"), latents(workdir / "dpsp")
-    assert got.keys() == expected.keys() and len(got) == 3 and writes_per_line(log) == dict.fromkeys(got, 1)
+    expected = one_process(workdir, [32, 48])
+    got, log = launched(workdir, "dpsp", 4, 2, [32, 48],
+                        "parallel layout: world 4 = data parallel 2 × sequence parallel 2, sequence split along H")
+    assert got.keys() == expected.keys()
     assert re.search(r"\[rank 2\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
     for name, reference in expected.items():
         assert (got[name] - reference).abs().max() / reference.abs().max() <= 1e-5, name
