@@ -488,7 +488,6 @@ class SFTDataset(Dataset):
         """`settings`: those of `scan_dataset` (video_size, fps, num_frames, …), with its defaults."""
         scan = scan_dataset(data_dirs, **settings)
         self.data_dirs = scan.data_dirs
-        self.settings = scan.settings  # backend resolved
         self.video_size = tuple(int(v) for v in scan.settings["video_size"])
         self.ref_alpha = scan.settings["ref_alpha"]
         self.backend = scan.settings["backend"]

@@ -264,7 +264,8 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
     if state.sp_size > 1:
         parallel.enable_sequence_parallel(engine.network, state)
         engine.sampler.progress = engine.sampler.progress and source
-        engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)  # CFG 'auto': one mode per group
+        # CFG 'auto': the ranks of a group run the forwards together, so they take one mode.
+        engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)
     log.info("sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s", len(prompts), height, width,
              args.sampling_num_frames, vae.temporal_factor * (args.sampling_num_frames - 1) + 1, args.output_dir)
     engine.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
