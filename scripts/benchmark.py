@@ -50,7 +50,7 @@ from kaleido.dit import KaleidoDiT  # noqa: E402
 from kaleido.flops import dit_flops, mfu  # noqa: E402
 from kaleido.keymap import SAT_PREFIX, to_layout  # noqa: E402
 from scripts.reference_dit import ReferenceDiT  # noqa: E402
-from sgm.util import instantiate_from_config, seeded_random_init_  # noqa: E402
+from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"
 
@@ -225,7 +225,7 @@ def dit_inputs(size: str, refs: int, batch: int, device: torch.device, seed: int
 def benchmark_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+    return parse_dtype(name)
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -313,8 +313,8 @@ def text_benchmark(args) -> dict:
     sizes = ({"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64, "num_layers": 24}
              if args.size == "real" else {"vocab_size": 128, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 2})
     with torch.device("meta"):
-        encoder = UMT5Encoder(**sizes)
-    encoder = encoder.to_empty(device=device).to(dtype).eval()
+        encoder = UMT5Encoder(**sizes).to(dtype)
+    encoder = encoder.to_empty(device=device).eval()  # allocated in the final dtype: no fp32 copy first
     with torch.no_grad():
         for param in encoder.parameters():
             param.normal_().mul_(0.02 if param.ndim >= 2 else 1.0)
