@@ -62,15 +62,7 @@ class VanillaCFG:
         """The guided velocity (fp32) of one step."""
         x_in, sigma_in, joint = self.prepare_inputs(x, sigma, cond, uncond)
         shapes = (tuple(x.shape), *(None if v is None else tuple(v.shape) for v in joint.values()))
-        measure = False
-        batched = self.batched
-        if batched == "auto":
-            if self.memory is None and x.device.type == "cuda":
-                self.memory = CudaMemory(x.device)
-            if self.memory is None:
-                self.decisions[shapes] = True
-            batched = self.decisions.get(shapes, False)
-            measure = shapes not in self.decisions
+        batched, measure = (self.batched, False) if self.batched != "auto" else self._auto_mode(shapes, x.device)
         if batched:
             return self(denoiser(x_in, sigma_in, joint).float())
         batch = x.shape[0]
@@ -82,6 +74,17 @@ class VanillaCFG:
             self.decisions[shapes] = self.decide(self.memory.peak_since_start(), self.memory.available())
         v_cond = denoiser(x, sigma, halves[1]).float()
         return v_uncond + self.scale * (v_cond - v_uncond)
+
+    def _auto_mode(self, shapes: tuple, device: torch.device) -> tuple[bool, bool]:
+        """(batch the two branches, measure this step) under batched='auto'."""
+        if shapes in self.decisions:
+            return self.decisions[shapes], False
+        if self.memory is None:
+            if device.type != "cuda":
+                self.decisions[shapes] = True  # host memory: nothing to measure, and the batch of two is faster
+                return True, False
+            self.memory = CudaMemory(device)
+        return False, True  # two forwards on this step, the first one measured
 
     def decide(self, activation: int, available: int) -> bool:
         """Batch from now on if a second branch's activations fit: 2·peak·(1 + margin) <= available bytes."""
