@@ -122,6 +122,7 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
         (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
         (["model.first_stage=1"], "unknown key 'model.first_stage'"),
         (["model.sampler_config.params.num_steps=0"], "num_steps must be >= 1"),
+        (["model.sampler_config.params.guider.params.batched=maybe"], "model.sampler_config.params.guider.params.batched=maybe': sgm.guiders.VanillaCFG rejected 'model.sampler_config.params.guider.params': guider batched: expected true, false or auto, got 'maybe'"),
         (["model.network_config.target=os.system"], "is outside this project"),
         (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
         (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
