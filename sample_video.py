@@ -7,6 +7,7 @@ Each line `prompt@@ref1.png@@ref2.png` of args.input_file becomes args.output_di
 text.txt and subject_<i>.png. Overrides such as `args.sampling_num_frames=5` or
 `model.sampler_config.params.num_steps=4` apply after the --base files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ from sgm.weights import WeightsError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", nargs="+", required=True, metavar="YAML", help="config files, merged in order (later wins)")
+    parser.add_argument(
+        "--base", nargs="+", required=True, metavar="YAML", help="config files, merged in order (later wins)"
+    )
     parser.add_argument("--seed", type=int, help="same as args.seed=N")
     parser.add_argument("--save-latents", action="store_true", help="same as args.save_latents=true")
     parser.add_argument("--overwrite", action="store_true", help="same as args.overwrite=true")
@@ -31,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.parse_args(argv)
     world_size, rank, local_rank = parallel.launched_world()
     rank_tag = f"[rank {rank}] " if world_size > 1 else ""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {rank_tag}%(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {rank_tag}%(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
 
     # `--base a.yaml b.yaml key=value` hands the trailing overrides to --base: move them back.
     overrides = [item for item in cli.base if "=" in item] + list(cli.overrides)
@@ -53,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         if not state.is_sp_source:  # the source of each sequence-parallel group reports for it
             logging.getLogger().setLevel(logging.WARNING)
         if rank == 0:
-            logging.getLogger("kaleido").info("parallel layout: %s%s", state.describe(),
-                                              f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "")
+            logging.getLogger("kaleido").info(
+                "parallel layout: %s%s",
+                state.describe(),
+                f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "",
+            )
         engine = build_engine(args, config)
         run(args, engine, lines, state, plan)
         parallel.barrier(state)  # every rank's lines are written before any process reports success

@@ -7,6 +7,7 @@
 Optimiser settings come from the YAML `deepspeed:` block (both engines); `args.save` receives SAT checkpoints that
 sample_video.py loads (args.load=<save>) and the training state a rerun resumes from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,19 @@ from sgm.weights import WeightsError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", nargs="+", required=True, metavar="YAML", help="config files, merged in order (later wins)")
+    parser.add_argument(
+        "--base", nargs="+", required=True, metavar="YAML", help="config files, merged in order (later wins)"
+    )
     parser.add_argument("--seed", type=int, help="same as args.seed=N")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     cli = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s {tag}%(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {tag}%(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     overrides = [item for item in cli.base if "=" in item] + list(cli.overrides)
     base_files = [item for item in cli.base if "=" not in item]
     if cli.seed is not None:

@@ -4,6 +4,7 @@ Every attention of the model goes through an `Attention` module, so that sequenc
 around the local attention) or another kernel can be swapped in from outside without touching the model.
 `set_attention_backend` chooses the SDPA kernels from outside too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,11 @@ class Attention(nn.Module):
             if self.backends is None or not ("No available kernel" in str(err) or "No viable backend" in str(err)):
                 raise
             names = ", ".join(b.name for b in self.backends)
-            raise RuntimeError(f"no allowed attention kernel ({names}) accepts q {tuple(q.shape)} {q.dtype} on {q.device}: "
-                               "the fused kernels need bf16/fp16 inputs on a supported GPU; args.attention_backend=default "
-                               "permits torch's MATH fallback (memory grows with the square of the sequence)") from None
+            raise RuntimeError(
+                f"no allowed attention kernel ({names}) accepts q {tuple(q.shape)} {q.dtype} on {q.device}: "
+                "the fused kernels need bf16/fp16 inputs on a supported GPU; args.attention_backend=default "
+                "permits torch's MATH fallback (memory grows with the square of the sequence)"
+            ) from None
         return out.transpose(1, 2)
 
 
@@ -54,7 +57,9 @@ def set_attention_backend(model: nn.Module, name: str, device: torch.device) -> 
     """'auto' = 'fused' on CUDA and torch's choice elsewhere; 'default' = torch's choice; or one of
     cudnn / flash / efficient / math / fused (see ATTENTION_BACKENDS)."""
     if name not in ("auto", "default", *ATTENTION_BACKENDS):
-        raise ValueError(f"attention backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {name!r}")
+        raise ValueError(
+            f"attention backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {name!r}"
+        )
     if name == "auto":
         name = "fused" if device.type == "cuda" else "default"
     for module in model.modules():

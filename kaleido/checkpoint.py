@@ -6,6 +6,7 @@ of safetensors shards (with or without a `*.safetensors.index.json`), with SAT (
 `model.diffusion_model.`), Wan2.1 native or diffusers key names. Torch files are read with
 `torch.load(weights_only=True, mmap=True)`: no arbitrary unpickling. Also the SAT checkpoint writer.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,20 @@ log = logging.getLogger(__name__)
 SAT_MODEL_FILE = "mp_rank_00_model_states.pt"
 FSDP2_MODEL_FILE = "fsdp2_rank_0000_checkpoint.pt"  # official FSDP2 output: fp32 DiT + umT5 under conditioner.*
 WAN_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_ST_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 # Keys of other components that official checkpoints may carry (umT5 in FSDP2 files); reported, not loaded.
 FOREIGN_PREFIXES = ("conditioner.", "first_stage_model.")
 
@@ -55,7 +67,9 @@ def split_parts_hint(folder: Path) -> str:
     """'; it holds split parts (...): run the release's merge_kaleido.py first' when `folder` (or a subfolder) has
     pieces of a model-states file that were never merged; '' otherwise."""
     candidates = [*folder.glob("*"), *folder.glob("*/*")] if folder.is_dir() else []
-    parts = sorted(p.name for p in candidates if p.is_file() and p.name.startswith(SAT_MODEL_FILE) and p.name != SAT_MODEL_FILE)
+    parts = sorted(
+        p.name for p in candidates if p.is_file() and p.name.startswith(SAT_MODEL_FILE) and p.name != SAT_MODEL_FILE
+    )
     if not parts:
         return ""
     shown = ", ".join(parts[:3]) + (", ..." if len(parts) > 3 else "")
@@ -78,13 +92,16 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
     for name in (SAT_MODEL_FILE, FSDP2_MODEL_FILE):
         if (path / iteration / name).is_file():
             return path / iteration / name
-    raise CheckpointError(f"{latest} names iteration '{iteration}' but {path / iteration} holds neither "
-                          f"{SAT_MODEL_FILE} nor {FSDP2_MODEL_FILE}{split_parts_hint(path / iteration)}")
+    raise CheckpointError(
+        f"{latest} names iteration '{iteration}' but {path / iteration} holds neither "
+        f"{SAT_MODEL_FILE} nor {FSDP2_MODEL_FILE}{split_parts_hint(path / iteration)}"
+    )
 
 
 @dataclass
 class Source:
     """The tensors of a checkpoint: `meta` holds every name's shape and dtype (no data), `read` loads one tensor."""
+
     path: Path
     format: str
     meta: dict[str, torch.Tensor]
@@ -98,15 +115,19 @@ def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     if not index.is_file():
         files = sorted(folder.glob("*.safetensors"))
         if not files:
-            raise CheckpointError(f"{folder}: no *.safetensors shards and no {WAN_INDEX} (expected a Wan2.1 DiT folder "
-                                  f"or a SAT directory with a 'latest' file){split_parts_hint(folder)}")
+            raise CheckpointError(
+                f"{folder}: no *.safetensors shards and no {WAN_INDEX} (expected a Wan2.1 DiT folder "
+                f"or a SAT directory with a 'latest' file){split_parts_hint(folder)}"
+            )
         return files, None
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (ValueError, AttributeError):
         weight_map = None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index}: not a safetensors index (expected JSON with a 'weight_map' of key -> shard file)")
+        raise CheckpointError(
+            f"{index}: not a safetensors index (expected JSON with a 'weight_map' of key -> shard file)"
+        )
     absent = sorted(name for name in set(weight_map.values()) if not (folder / name).is_file())
     if absent:
         raise CheckpointError(f"{index}: names shard files that do not exist: {', '.join(absent)}")
@@ -131,10 +152,16 @@ def _safetensors_source(path: Path, files: list[Path], weight_map: dict | None, 
         misplaced = [k for k, shard in weight_map.items() if where.get(k) != shard]
         unlisted = [k for k in where if k not in weight_map]
         if misplaced or unlisted:
-            raise CheckpointError(f"{path / WAN_INDEX}: index and shards disagree (missing = named by the index but not "
-                               "in that shard; unexpected = in a shard but not in the index)\n"
-                               + describe_key_problems(misplaced, unlisted))
-    fmt = "safetensors file" if path.is_file() else f"safetensors folder ({len(files)} shard{'s' * (len(files) > 1)}{', indexed' if weight_map else ''})"
+            raise CheckpointError(
+                f"{path / WAN_INDEX}: index and shards disagree (missing = named by the index but not "
+                "in that shard; unexpected = in a shard but not in the index)\n"
+                + describe_key_problems(misplaced, unlisted)
+            )
+    fmt = (
+        "safetensors file"
+        if path.is_file()
+        else f"safetensors folder ({len(files)} shard{'s' * (len(files) > 1)}{', indexed' if weight_map else ''})"
+    )
     return Source(path, fmt, meta, lambda name: handles[name].get_tensor(name))
 
 
@@ -145,7 +172,9 @@ def _torch_source(path: Path, allow_unsafe_pickle: bool) -> Source:
     if isinstance(data, dict) and isinstance(data.get("module"), dict):
         data, extra, fmt = data["module"], {k: v for k, v in data.items() if k != "module"}, "SAT/DeepSpeed container"
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{file}: expected a dict of tensors or a SAT container {{'module': ...}}, got {type(data).__name__}")
+        raise CheckpointError(
+            f"{file}: expected a dict of tensors or a SAT container {{'module': ...}}, got {type(data).__name__}"
+        )
     meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in data.items()}
     return Source(file, fmt, meta, data.__getitem__, extra)
 
@@ -155,8 +184,10 @@ def open_source(path: str | Path, allow_unsafe_pickle: bool = False) -> Iterator
     """A SAT directory (via `latest`), a torch file, a `.safetensors` file or a folder of safetensors shards."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: not found (expected a SAT directory, a .pt/.pth/.safetensors file or a folder of "
-                           "safetensors shards)")
+        raise CheckpointError(
+            f"{path}: not found (expected a SAT directory, a .pt/.pth/.safetensors file or a folder of "
+            "safetensors shards)"
+        )
     with ExitStack() as stack:
         if is_shard_folder(path):
             source = _safetensors_source(path, *_wan_shard_files(path), stack)
@@ -181,8 +212,13 @@ def sat_module(dit_state_dict: dict, dtype: torch.dtype | None = None) -> dict:
     return {SAT_PREFIX + k: (v if dtype is None else v.to(dtype)) for k, v in to_layout(dit_state_dict, "sat").items()}
 
 
-def write_sat_checkpoint(directory: str | Path, dit_state_dict: dict, iteration: int | str = 1,
-                         client_state: dict | None = None, overwrite: bool = False) -> Path:
+def write_sat_checkpoint(
+    directory: str | Path,
+    dit_state_dict: dict,
+    iteration: int | str = 1,
+    client_state: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `<directory>/<iteration>/mp_rank_00_model_states.pt` = {'module': {'model.diffusion_model.' + SAT key},
     **client_state} and then `<directory>/latest` (spec training.md §11.1). `dit_state_dict` is in our layout.
 
@@ -218,8 +254,13 @@ def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False, strict
         raise CheckpointError(f"{file}: {err}") from None
 
 
-def load_dit_into(network: nn.Module, path: str | Path, force_inference: bool = False,
-                  allow_unsafe_pickle: bool = False, seed: int = 0) -> None:
+def load_dit_into(
+    network: nn.Module,
+    path: str | Path,
+    force_inference: bool = False,
+    allow_unsafe_pickle: bool = False,
+    seed: int = 0,
+) -> None:
     """Load a DiT checkpoint into `network` (typically built on the meta device: tensors are assigned, not copied).
 
     Strict by default: every missing, unexpected or mis-shaped key is an error, and a checkpoint of other sizes is
@@ -237,8 +278,11 @@ def load_dit_into(network: nn.Module, path: str | Path, force_inference: bool = 
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if missing or unexpected:
-            log.warning("%s: force_inference: partial load (missing keys get random values)\n%s", file,
-                        describe_key_problems(missing, unexpected))
+            log.warning(
+                "%s: force_inference: partial load (missing keys get random values)\n%s",
+                file,
+                describe_key_problems(missing, unexpected),
+            )
         state_dict = {k: v for k, v in state_dict.items() if k in own}
         generator = torch.Generator().manual_seed(seed)
         for key in sorted(missing):

@@ -5,6 +5,7 @@ Layouts: 'wan' = Wan2.1 `WanModel` names (q, k, v separate tensors), 'diffusers'
 Readers look at tensor headers first (shapes and dtypes on the meta device) and read data one tensor at a time;
 writers go through a temporary name and a rename, so an error leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ from sgm.weights import (
 VAE_FILE = "Wan2.1_VAE.pth"
 UMT5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 
+
 class ConvertError(WeightsError):
     """A conversion cannot be done; the message starts with the path at fault."""
 
@@ -67,12 +69,16 @@ def assemble(plan: list[tuple[str, tuple[str, ...]]], read: Callable[[str], torc
         tensors = [read(p) for p in parts]
         first = tensors[0]
         if any(t.shape[1:] != first.shape[1:] or t.dtype != first.dtype for t in tensors):
-            raise ValueError(f"{', '.join(parts)}: cannot be concatenated into {ours} "
-                             f"(shapes {[list(t.shape) for t in tensors]}, dtypes {[str(t.dtype) for t in tensors]})")
+            raise ValueError(
+                f"{', '.join(parts)}: cannot be concatenated into {ours} "
+                f"(shapes {[list(t.shape) for t in tensors]}, dtypes {[str(t.dtype) for t in tensors]})"
+            )
         if len(tensors) == 1:
             out[ours] = first
         elif first.is_meta:  # torch.cat on meta tensors imports torch._dynamo (seconds); the shape is all we need
-            out[ours] = torch.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, device="meta")
+            out[ours] = torch.empty(
+                (sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, device="meta"
+            )
         else:
             out[ours] = torch.cat(tensors, dim=0)
     return out
@@ -92,11 +98,17 @@ def read_dit(source: Source, ignore_unused: bool = False) -> tuple[dict[str, tor
         if missing:
             raise KeyMismatchError(f"weights do not match the {layout} DiT layout:\n" + describe_key_problems(missing))
         if unused and not ignore_unused:
-            raise ConvertError(f"{len(unused)} tensors are not part of the T2V DiT (an I2V model or other "
-                               "components?); pass --ignore-unused to drop them:\n" + describe_key_problems(unexpected=unused))
+            raise ConvertError(
+                f"{len(unused)} tensors are not part of the T2V DiT (an I2V model or other "
+                "components?); pass --ignore-unused to drop them:\n" + describe_key_problems(unexpected=unused)
+            )
         shapes = assemble(plan, source.meta.__getitem__)
-        check_state_dict(expected_dit_shapes(dit_architecture(shapes)), shapes, "tensor shapes",
-                         "a single DiT of the sizes its patch embedding implies")
+        check_state_dict(
+            expected_dit_shapes(dit_architecture(shapes)),
+            shapes,
+            "tensor shapes",
+            "a single DiT of the sizes its patch embedding implies",
+        )
     except (ValueError, KeyError) as err:  # WeightsError is a ValueError
         raise ConvertError(f"{source.path}: {err}") from None
     return assemble(plan, source.read), unused
@@ -115,8 +127,9 @@ def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone(memory_format=torch.contiguous_format)
 
 
-def wan_to_sat(input: str | Path, output: str | Path, iteration: str = "1", ignore_unused: bool = False,
-               overwrite: bool = False) -> list[str]:
+def wan_to_sat(
+    input: str | Path, output: str | Path, iteration: str = "1", ignore_unused: bool = False, overwrite: bool = False
+) -> list[str]:
     """Wan2.1 (or diffusers) DiT safetensors -> SAT directory `<output>/latest`, `<output>/<iteration>/
     mp_rank_00_model_states.pt` (dtypes kept). Returns the dropped source names."""
     output = Path(output)
@@ -132,7 +145,17 @@ def wan_to_sat(input: str | Path, output: str | Path, iteration: str = "1", igno
 
 def parse_size(text: str) -> int:
     """'10GB' -> 10**10 bytes (GB = 10^9, GiB = 2^30, like Hugging Face); a bare number is bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+    }
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).upper() not in units or float(match.group(1)) <= 0:
         raise ValueError(f"size '{text}': expected a positive size such as 10GB, 500MB or 5GiB")
@@ -162,17 +185,39 @@ def wan_config(ours: dict[str, torch.Tensor], num_heads: int | None = None) -> d
     dim = int(arch["hidden_size"])
     heads = num_heads or dim // 128
     if heads <= 0 or dim % heads:
-        raise ValueError(f"hidden size {dim} cannot be split into {'--num-heads ' + str(num_heads) if num_heads else 'heads of 128'}"
-                         " (pass --num-heads dividing it)")
-    return {"_class_name": "WanModel", "model_type": "t2v", "dim": dim, "ffn_dim": int(arch["inner_hidden_size"]),
-            "freq_dim": int(arch["time_freq_dim"]), "text_dim": int(arch["text_dim"]), "in_dim": int(arch["in_channels"]),
-            "out_dim": int(arch["out_channels"]), "num_heads": heads, "num_layers": arch["num_layers"], "text_len": 512,
-            "patch_size": [int(p) for p in arch["patch_size"]], "window_size": [-1, -1], "qk_norm": True,
-            "cross_attn_norm": True, "eps": 1e-06}
+        raise ValueError(
+            f"hidden size {dim} cannot be split into {'--num-heads ' + str(num_heads) if num_heads else 'heads of 128'}"
+            " (pass --num-heads dividing it)"
+        )
+    return {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "dim": dim,
+        "ffn_dim": int(arch["inner_hidden_size"]),
+        "freq_dim": int(arch["time_freq_dim"]),
+        "text_dim": int(arch["text_dim"]),
+        "in_dim": int(arch["in_channels"]),
+        "out_dim": int(arch["out_channels"]),
+        "num_heads": heads,
+        "num_layers": arch["num_layers"],
+        "text_len": 512,
+        "patch_size": [int(p) for p in arch["patch_size"]],
+        "window_size": [-1, -1],
+        "qk_norm": True,
+        "cross_attn_norm": True,
+        "eps": 1e-06,
+    }
 
 
-def sat_to_wan(input: str | Path, output: str | Path, max_shard_size: int = 10**10, num_heads: int | None = None,
-               ignore_unused: bool = False, overwrite: bool = False, allow_unsafe_pickle: bool = False) -> dict[str, list[str]]:
+def sat_to_wan(
+    input: str | Path,
+    output: str | Path,
+    max_shard_size: int = 10**10,
+    num_heads: int | None = None,
+    ignore_unused: bool = False,
+    overwrite: bool = False,
+    allow_unsafe_pickle: bool = False,
+) -> dict[str, list[str]]:
     """Any DiT checkpoint -> a Wan2.1 folder: safetensors shards, their index (when sharded) and config.json.
     Returns shard name -> keys."""
     output = Path(output)
@@ -189,8 +234,10 @@ def sat_to_wan(input: str | Path, output: str | Path, max_shard_size: int = 10**
             for name, keys in shards.items():
                 save_file({k: _own_storage(wan[k]) for k in keys}, str(tmp / name), metadata={"format": "pt"})
             if len(shards) > 1:
-                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in wan.values())},
-                         "weight_map": {k: name for name, keys in shards.items() for k in keys}}
+                index = {
+                    "metadata": {"total_size": sum(t.numel() * t.element_size() for t in wan.values())},
+                    "weight_map": {k: name for name, keys in shards.items() for k in keys},
+                }
                 (tmp / WAN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return shards
@@ -208,8 +255,13 @@ def json_client_state(extra: dict) -> tuple[dict, list[str]]:
     return kept, dropped
 
 
-def sat_to_safetensors(input: str | Path, output: str | Path, ignore_unused: bool = False, overwrite: bool = False,
-                       allow_unsafe_pickle: bool = False) -> list[str]:
+def sat_to_safetensors(
+    input: str | Path,
+    output: str | Path,
+    ignore_unused: bool = False,
+    overwrite: bool = False,
+    allow_unsafe_pickle: bool = False,
+) -> list[str]:
     """SAT checkpoint -> one safetensors file with the SAT names (`model.diffusion_model.*`) plus `<output>.json`
     holding the JSON-serialisable client state. Returns the names of the client-state entries dropped."""
     output = Path(output)
@@ -231,11 +283,14 @@ def sat_to_safetensors(input: str | Path, output: str | Path, ignore_unused: boo
 
 # ------------------------------------------------------------------------------------------------ inspection
 
+
 def _compare(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], extra: Iterable[str] = ()) -> str:
     """Missing / unexpected / shape-mismatch report ('' when keys and shapes are equal)."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected] + list(extra)
-    mismatched = [(k, expected[k].shape, got[k].shape) for k in expected if k in got and got[k].shape != expected[k].shape]
+    mismatched = [
+        (k, expected[k].shape, got[k].shape) for k in expected if k in got and got[k].shape != expected[k].shape
+    ]
     return describe_key_problems(missing, unexpected, mismatched)
 
 
@@ -246,7 +301,9 @@ def config_dit(config_file: str | Path) -> dict[str, torch.Tensor]:
 
     config = load_config([str(config_file)])
     with torch.device("meta"):
-        model = instantiate_from_config(config.section("model").get("network_config"), "model.network_config", config.where)
+        model = instantiate_from_config(
+            config.section("model").get("network_config"), "model.network_config", config.where
+        )
     return model.state_dict()
 
 
@@ -258,8 +315,11 @@ def _inspect_dit(meta: dict[str, torch.Tensor], model: Callable[[], dict[str, to
         ours = assemble(plan, dit.__getitem__)
     except (KeyMismatchError, ValueError):
         return {"kind": "unknown", "looks_like": f"not a DiT, VAE or umT5 state dict (first keys: {sorted(meta)[:3]})"}
-    report = {"kind": "DiT", "layout": layout + (" (prefix model.diffusion_model.)" if any(k.startswith(SAT_PREFIX) for k in dit) else ""),
-              "ignored_other_components": len(foreign)}
+    report = {
+        "kind": "DiT",
+        "layout": layout + (" (prefix model.diffusion_model.)" if any(k.startswith(SAT_PREFIX) for k in dit) else ""),
+        "ignored_other_components": len(foreign),
+    }
     try:
         report["looks_like"] = keymap.describe_architecture(dit_architecture(ours))
     except (KeyError, IndexError, ZeroDivisionError):
@@ -283,9 +343,15 @@ def _inspect_by_shapes(meta: dict[str, torch.Tensor], kind: str) -> dict:
         else:
             vocab, dim = meta["token_embedding.weight"].shape
             buckets, heads = meta["blocks.0.pos_embedding.embedding.weight"].shape
-            sizes = {"vocab_size": vocab, "dim": dim, "dim_attn": meta["blocks.0.attn.q.weight"].shape[0],
-                     "dim_ffn": meta["blocks.0.ffn.fc1.weight"].shape[0], "num_heads": heads,
-                     "num_layers": keymap.num_layers_in(meta, "wan"), "num_buckets": buckets}
+            sizes = {
+                "vocab_size": vocab,
+                "dim": dim,
+                "dim_attn": meta["blocks.0.attn.q.weight"].shape[0],
+                "dim_ffn": meta["blocks.0.ffn.fc1.weight"].shape[0],
+                "num_heads": heads,
+                "num_layers": keymap.num_layers_in(meta, "wan"),
+                "num_buckets": buckets,
+            }
             build, name = UMT5Encoder, "umT5 encoder"
     except (KeyError, ValueError):
         return {"kind": kind, "looks_like": f"{kind}-like keys, sizes cannot be read", "matches": False}
@@ -299,10 +365,16 @@ def _inspect_by_shapes(meta: dict[str, torch.Tensor], kind: str) -> dict:
 def inspect_source(source: Source, model: Callable[[], dict[str, torch.Tensor]]) -> dict:
     """Shape-only report of one weights source; `model()` gives the DiT (meta state dict) to compare with."""
     meta = source.meta
-    report = {"path": str(source.path), "format": source.format, "keys": len(meta),
-              "parameters": sum(v.numel() for v in meta.values()),
-              "dtypes": dict(Counter(str(v.dtype).removeprefix("torch.") for v in meta.values()))}
-    if source.path.name == SAT_MODEL_FILE or "iteration" in source.extra:  # <dir>/<iteration>/mp_rank_00_model_states.pt
+    report = {
+        "path": str(source.path),
+        "format": source.format,
+        "keys": len(meta),
+        "parameters": sum(v.numel() for v in meta.values()),
+        "dtypes": dict(Counter(str(v.dtype).removeprefix("torch.") for v in meta.values())),
+    }
+    if (
+        source.path.name == SAT_MODEL_FILE or "iteration" in source.extra
+    ):  # <dir>/<iteration>/mp_rank_00_model_states.pt
         report["iteration"] = source.extra.get("iteration", source.path.parent.name)
     tops = {k.split(".")[0] for k in meta}
     if "token_embedding.weight" in meta and any(".attn.q.weight" in k for k in meta):

@@ -28,6 +28,7 @@ Items: "video" float32 (T, 3, H, W) in [−1, 1], "text" str, "references" float
 (letterboxed exactly like at inference, `kaleido.io`), "id" str, "index" int. Batches from `collate` keep the
 references as a list because N differs between samples.
 """
+
 from __future__ import annotations
 
 import logging
@@ -305,12 +306,13 @@ def resize_and_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if (new_h, new_w) != (height, width):  # torchvision returns the input unchanged at equal size
         chunks = []
         for chunk in frames.split(_RESIZE_CHUNK):
-            resized = F.interpolate(chunk.float(), size=(new_h, new_w), mode="bicubic", antialias=True,
-                                    align_corners=False)
+            resized = F.interpolate(
+                chunk.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+            )
             chunks.append(resized.round_().clamp_(0, 255).to(torch.uint8))
         frames = torch.cat(chunks)
     top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
-    frames = frames[:, :, top:top + target_h, left:left + target_w]
+    frames = frames[:, :, top : top + target_h, left : left + target_w]
     return (frames.float() - 127.5) / 127.5
 
 
@@ -344,7 +346,7 @@ class ScanResult:
     data_dirs: list[Path]
     settings: dict
     samples: list[SampleInfo] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)   # (video path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     videos: int = 0
 
     def skip_counts(self) -> Counter:
@@ -371,13 +373,30 @@ def scan_dataset(
     """Check the folders and every sample (metadata only). Raises `DatasetError` for a missing or empty folder
     or one without videos/; usable and skipped samples are returned (zero usable is not an error here)."""
     dirs = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(d) for d in data_dirs]
-    _check_settings(dirs, video_size, fps, num_frames, skip_frames, max_subjects, frame_sampling, ref_alpha,
-                    reference_pattern, min_frames)
+    _check_settings(
+        dirs,
+        video_size,
+        fps,
+        num_frames,
+        skip_frames,
+        max_subjects,
+        frame_sampling,
+        ref_alpha,
+        reference_pattern,
+        min_frames,
+    )
     backend = resolve_backend(backend)
     settings = {
-        "video_size": tuple(video_size), "fps": fps, "num_frames": num_frames, "skip_frames": skip_frames,
-        "max_subjects": max_subjects, "frame_sampling": frame_sampling, "ref_alpha": ref_alpha,
-        "reference_pattern": reference_pattern, "min_frames": min_frames, "backend": backend,
+        "video_size": tuple(video_size),
+        "fps": fps,
+        "num_frames": num_frames,
+        "skip_frames": skip_frames,
+        "max_subjects": max_subjects,
+        "frame_sampling": frame_sampling,
+        "ref_alpha": ref_alpha,
+        "reference_pattern": reference_pattern,
+        "min_frames": min_frames,
+        "backend": backend,
     }
     result = ScanResult(dirs, settings)
     for data_dir in dirs:
@@ -391,8 +410,18 @@ def scan_dataset(
     return result
 
 
-def _check_settings(dirs, video_size, fps, num_frames, skip_frames, max_subjects, frame_sampling, ref_alpha,
-                    reference_pattern, min_frames) -> None:
+def _check_settings(
+    dirs,
+    video_size,
+    fps,
+    num_frames,
+    skip_frames,
+    max_subjects,
+    frame_sampling,
+    ref_alpha,
+    reference_pattern,
+    min_frames,
+) -> None:
     if not dirs:
         raise DatasetError("no dataset folders given (expected at least one folder with " + LAYOUT + ")")
     if len(video_size) != 2 or min(video_size) <= 0:
@@ -448,11 +477,16 @@ def _scan_sample(data_dir: Path, video: Path, settings: dict) -> SampleInfo:
     n_frames, fps_src = probe_video(video, settings["backend"])
     if n_frames <= 0:
         raise SampleSkipped(CORRUPT_VIDEO, "no frames")
-    indices = select_frames(n_frames, fps_src, frame_sampling=settings["frame_sampling"], fps=settings["fps"],
-                            num_frames=settings["num_frames"], skip_frames=settings["skip_frames"],
-                            min_frames=settings["min_frames"])
-    return SampleInfo(sample_id, data_dir, video, label, caption, tuple(references), n_frames, fps_src,
-                      tuple(indices))
+    indices = select_frames(
+        n_frames,
+        fps_src,
+        frame_sampling=settings["frame_sampling"],
+        fps=settings["fps"],
+        num_frames=settings["num_frames"],
+        skip_frames=settings["skip_frames"],
+        min_frames=settings["min_frames"],
+    )
+    return SampleInfo(sample_id, data_dir, video, label, caption, tuple(references), n_frames, fps_src, tuple(indices))
 
 
 def _read_caption(label: Path) -> str:

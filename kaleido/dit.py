@@ -8,6 +8,7 @@ Layouts at the public boundary (`KaleidoDiT.forward`):
   returns     (B, T, C_out, H, W) velocity prediction for the video frames only
 Inside: tokens (B, L, D); attention heads (B, L, heads, head_dim).
 """
+
 from __future__ import annotations
 
 import math
@@ -165,14 +166,18 @@ class KaleidoDiT(nn.Module):
         self.rope_theta = rope_theta
         self.interleaved_rope = interleaved_rope
         self.rope_float32 = rope_float32
-        self.placement = ReferencePlacement(shift_t, shift_h, shift_w, overloop, rope_continue, max_h, max_w, end_concat)
+        self.placement = ReferencePlacement(
+            shift_t, shift_h, shift_w, overloop, rope_continue, max_h, max_w, end_concat
+        )
         dim, eps = hidden_size, layernorm_epsilon
 
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.blocks = nn.ModuleList(DiTBlock(dim, inner_hidden_size, num_attention_heads, eps) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            DiTBlock(dim, inner_hidden_size, num_attention_heads, eps) for _ in range(num_layers)
+        )
         self.head = Head(dim, math.prod(patch_size) * out_channels, eps)
         self.to(parse_dtype(dtype))
 
@@ -197,7 +202,9 @@ class KaleidoDiT(nn.Module):
         batch, frames, _, height, width = x.shape
         _, p_h, p_w = self.patch_size
         if height % p_h or width % p_w:
-            raise ValueError(f"latent height and width must be multiples of the patch {self.patch_size}; got {height}x{width}")
+            raise ValueError(
+                f"latent height and width must be multiples of the patch {self.patch_size}; got {height}x{width}"
+            )
         grid = (height // p_h, width // p_w)
         dtype = self.dtype
 
@@ -205,7 +212,9 @@ class KaleidoDiT(nn.Module):
         sequence = [x.to(dtype)]
         if num_refs:
             if references.shape[2:] != x.shape[2:]:
-                raise ValueError(f"references {tuple(references.shape)} must match the latent (C, H, W) of x {tuple(x.shape)}")
+                raise ValueError(
+                    f"references {tuple(references.shape)} must match the latent (C, H, W) of x {tuple(x.shape)}"
+                )
             refs = references.to(dtype).expand(batch, -1, -1, -1, -1)  # one set shared by the whole batch (CFG)
             sequence = sequence + [refs] if self.placement.end_concat else [refs] + sequence
         frames_in = torch.cat(sequence, dim=1)  # (B, N + T, C, H, W)
@@ -216,7 +225,9 @@ class KaleidoDiT(nn.Module):
         context = self.text_embedding(context.to(dtype))
 
         positions = token_positions(num_refs, frames, grid, self.placement, grid_offset, full_grid).to(x.device)
-        rotary = Rotary(*rope_cos_sin(positions, self.head_dim, self.rope_theta), self.interleaved_rope, self.rope_float32)
+        rotary = Rotary(
+            *rope_cos_sin(positions, self.head_dim, self.rope_theta), self.interleaved_rope, self.rope_float32
+        )
         for block in self.blocks:
             tokens = block(tokens, adaln, context, rotary)
 
@@ -227,4 +238,6 @@ class KaleidoDiT(nn.Module):
     def unpatchify(self, patches: torch.Tensor, frames: int, grid: tuple[int, int]) -> torch.Tensor:
         """(B, T·h·w, p_h·p_w·C) -> (B, T, C, h·p_h, w·p_w); channel fastest within a patch vector."""
         _, p_h, p_w = self.patch_size
-        return rearrange(patches, "b (t h w) (p q c) -> b t c (h p) (w q)", t=frames, h=grid[0], w=grid[1], p=p_h, q=p_w)
+        return rearrange(
+            patches, "b (t h w) (p q c) -> b t c (h p) (w q)", t=frames, h=grid[0], w=grid[1], p=p_h, q=p_w
+        )

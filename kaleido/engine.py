@@ -2,6 +2,7 @@
 
 Layouts: latents (B, T, C, H, W) everywhere outside the VAE; the VAE takes/returns (B, C, T, H, W).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,14 @@ ENGINE_KEYS = ("network_config", "conditioner_config", "first_stage_config", "sa
 
 
 class KaleidoEngine(nn.Module):
-    def __init__(self, network: nn.Module, conditioner: nn.Module, first_stage: nn.Module,
-                 sampler: RFEulerSampler, scale_factor: float = 1.0):
+    def __init__(
+        self,
+        network: nn.Module,
+        conditioner: nn.Module,
+        first_stage: nn.Module,
+        sampler: RFEulerSampler,
+        scale_factor: float = 1.0,
+    ):
         super().__init__()
         self.network = network
         self.conditioner = conditioner
@@ -28,7 +35,9 @@ class KaleidoEngine(nn.Module):
         self.scale_factor = scale_factor
 
     @classmethod
-    def from_config(cls, model: dict, where=lambda path: "config", external_targets=(), meta_network: bool = False) -> "KaleidoEngine":
+    def from_config(
+        cls, model: dict, where=lambda path: "config", external_targets=(), meta_network: bool = False
+    ) -> KaleidoEngine:
         """Build from the `model:` section (`network_config`, `conditioner_config`, `first_stage_config`,
         `sampler_config` as target/params nodes, and `scale_factor`).
 
@@ -46,14 +55,19 @@ class KaleidoEngine(nn.Module):
 
         with torch.device("meta") if meta_network else contextlib.nullcontext():
             network = build("network_config")
-        return cls(network, build("conditioner_config"), build("first_stage_config"), build("sampler_config"),
-                   float(model.get("scale_factor", 1.0)))
+        return cls(
+            network,
+            build("conditioner_config"),
+            build("first_stage_config"),
+            build("sampler_config"),
+            float(model.get("scale_factor", 1.0)),
+        )
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def place(self, device: torch.device, text_encoder_offload: str = "none") -> "KaleidoEngine":
+    def place(self, device: torch.device, text_encoder_offload: str = "none") -> KaleidoEngine:
         """Move components to `device`. text_encoder_offload: 'none' (all there), 'cpu' (the text encoder stays on
         the CPU), 'free' (only the text encoder goes there now; the DiT and VAE follow in release_text_encoder)."""
         if text_encoder_offload not in ("none", "cpu", "free"):
@@ -96,9 +110,16 @@ class KaleidoEngine(nn.Module):
         return (latents[:, :, 0] * self.scale_factor)[None]
 
     @torch.no_grad()
-    def sample(self, noise: torch.Tensor, context: torch.Tensor, uncond_context: torch.Tensor,
-               references: torch.Tensor | None, description: str = "sampling",
-               grid_offset: tuple[int, int] = (0, 0), full_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        noise: torch.Tensor,
+        context: torch.Tensor,
+        uncond_context: torch.Tensor,
+        references: torch.Tensor | None,
+        description: str = "sampling",
+        grid_offset: tuple[int, int] = (0, 0),
+        full_grid: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """noise (B, T, C, h, w) at σ = 1 -> clean latents (B, T, C, h, w) float32.
 
         context, uncond_context: (B, L_text, text_dim); references: (1 or B, N, C, h, w) or None.
@@ -109,6 +130,7 @@ class KaleidoEngine(nn.Module):
             references = references.to(self.device).expand(noise.shape[0], -1, -1, -1, -1)  # one set for every sample
         cond = {"context": context.to(self.device), "references": references}
         uncond = {"context": uncond_context.to(self.device), "references": references}
+
         def network(x, t, **conditioning):
             return self.network(x, t, grid_offset=grid_offset, full_grid=full_grid, **conditioning)
 

@@ -3,15 +3,16 @@
 Every file is written to a temporary name in its destination folder and renamed into place, so an interrupted run
 never leaves a half-written output under the final name.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class PromptLine:
-    index: int             # 0-based line index in the file (blank lines count)
-    line: str              # the whole stripped line
-    text: str              # the prompt before the first '@@'
+    index: int  # 0-based line index in the file (blank lines count)
+    line: str  # the whole stripped line
+    text: str  # the prompt before the first '@@'
     references: tuple[Path, ...]
 
     @property

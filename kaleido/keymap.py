@@ -7,6 +7,7 @@ tensors are concatenated along dim 0 in the order q, k, v (self) and k, v (cross
 Every conversion is strict: keys that the layout does not know and keys it expects but does not find are reported
 by name, grouped over layers.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,16 +23,66 @@ LAYOUTS = ("sat", "wan", "diffusers")
 _GLOBAL = [
     ("patch_embedding.weight", "mixins.patch_embed.proj.weight", "patch_embedding.weight", "patch_embedding.weight"),
     ("patch_embedding.bias", "mixins.patch_embed.proj.bias", "patch_embedding.bias", "patch_embedding.bias"),
-    ("text_embedding.0.weight", "text_embedding.0.weight", "text_embedding.0.weight", "condition_embedder.text_embedder.linear_1.weight"),
-    ("text_embedding.0.bias", "text_embedding.0.bias", "text_embedding.0.bias", "condition_embedder.text_embedder.linear_1.bias"),
-    ("text_embedding.2.weight", "text_embedding.2.weight", "text_embedding.2.weight", "condition_embedder.text_embedder.linear_2.weight"),
-    ("text_embedding.2.bias", "text_embedding.2.bias", "text_embedding.2.bias", "condition_embedder.text_embedder.linear_2.bias"),
-    ("time_embedding.0.weight", "time_embed.0.weight", "time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight"),
-    ("time_embedding.0.bias", "time_embed.0.bias", "time_embedding.0.bias", "condition_embedder.time_embedder.linear_1.bias"),
-    ("time_embedding.2.weight", "time_embed.2.weight", "time_embedding.2.weight", "condition_embedder.time_embedder.linear_2.weight"),
-    ("time_embedding.2.bias", "time_embed.2.bias", "time_embedding.2.bias", "condition_embedder.time_embedder.linear_2.bias"),
-    ("time_projection.1.weight", "adaln_projection.1.weight", "time_projection.1.weight", "condition_embedder.time_proj.weight"),
-    ("time_projection.1.bias", "adaln_projection.1.bias", "time_projection.1.bias", "condition_embedder.time_proj.bias"),
+    (
+        "text_embedding.0.weight",
+        "text_embedding.0.weight",
+        "text_embedding.0.weight",
+        "condition_embedder.text_embedder.linear_1.weight",
+    ),
+    (
+        "text_embedding.0.bias",
+        "text_embedding.0.bias",
+        "text_embedding.0.bias",
+        "condition_embedder.text_embedder.linear_1.bias",
+    ),
+    (
+        "text_embedding.2.weight",
+        "text_embedding.2.weight",
+        "text_embedding.2.weight",
+        "condition_embedder.text_embedder.linear_2.weight",
+    ),
+    (
+        "text_embedding.2.bias",
+        "text_embedding.2.bias",
+        "text_embedding.2.bias",
+        "condition_embedder.text_embedder.linear_2.bias",
+    ),
+    (
+        "time_embedding.0.weight",
+        "time_embed.0.weight",
+        "time_embedding.0.weight",
+        "condition_embedder.time_embedder.linear_1.weight",
+    ),
+    (
+        "time_embedding.0.bias",
+        "time_embed.0.bias",
+        "time_embedding.0.bias",
+        "condition_embedder.time_embedder.linear_1.bias",
+    ),
+    (
+        "time_embedding.2.weight",
+        "time_embed.2.weight",
+        "time_embedding.2.weight",
+        "condition_embedder.time_embedder.linear_2.weight",
+    ),
+    (
+        "time_embedding.2.bias",
+        "time_embed.2.bias",
+        "time_embedding.2.bias",
+        "condition_embedder.time_embedder.linear_2.bias",
+    ),
+    (
+        "time_projection.1.weight",
+        "adaln_projection.1.weight",
+        "time_projection.1.weight",
+        "condition_embedder.time_proj.weight",
+    ),
+    (
+        "time_projection.1.bias",
+        "adaln_projection.1.bias",
+        "time_projection.1.bias",
+        "condition_embedder.time_proj.bias",
+    ),
     ("head.modulation", "mixins.final_layer.adaLN_modulation", "head.modulation", "scale_shift_table"),
     ("head.linear.weight", "mixins.final_layer.linear.weight", "head.head.weight", "proj_out.weight"),
     ("head.linear.bias", "mixins.final_layer.linear.bias", "head.head.bias", "proj_out.bias"),
@@ -39,35 +90,127 @@ _GLOBAL = [
 
 # Per-layer tensors ({i} = layer). A tuple in the wan/diffusers column lists the parts of a fused tensor.
 _LAYER = [
-    ("self_attn.qkv.weight", "transformer.layers.{i}.attention.query_key_value.weight",
-     ("blocks.{i}.self_attn.q.weight", "blocks.{i}.self_attn.k.weight", "blocks.{i}.self_attn.v.weight"),
-     ("blocks.{i}.attn1.to_q.weight", "blocks.{i}.attn1.to_k.weight", "blocks.{i}.attn1.to_v.weight")),
-    ("self_attn.qkv.bias", "transformer.layers.{i}.attention.query_key_value.bias",
-     ("blocks.{i}.self_attn.q.bias", "blocks.{i}.self_attn.k.bias", "blocks.{i}.self_attn.v.bias"),
-     ("blocks.{i}.attn1.to_q.bias", "blocks.{i}.attn1.to_k.bias", "blocks.{i}.attn1.to_v.bias")),
-    ("self_attn.o.weight", "transformer.layers.{i}.attention.dense.weight", "blocks.{i}.self_attn.o.weight", "blocks.{i}.attn1.to_out.0.weight"),
-    ("self_attn.o.bias", "transformer.layers.{i}.attention.dense.bias", "blocks.{i}.self_attn.o.bias", "blocks.{i}.attn1.to_out.0.bias"),
-    ("cross_attn.q.weight", "transformer.layers.{i}.cross_attention.query.weight", "blocks.{i}.cross_attn.q.weight", "blocks.{i}.attn2.to_q.weight"),
-    ("cross_attn.q.bias", "transformer.layers.{i}.cross_attention.query.bias", "blocks.{i}.cross_attn.q.bias", "blocks.{i}.attn2.to_q.bias"),
-    ("cross_attn.kv.weight", "transformer.layers.{i}.cross_attention.key_value.weight",
-     ("blocks.{i}.cross_attn.k.weight", "blocks.{i}.cross_attn.v.weight"),
-     ("blocks.{i}.attn2.to_k.weight", "blocks.{i}.attn2.to_v.weight")),
-    ("cross_attn.kv.bias", "transformer.layers.{i}.cross_attention.key_value.bias",
-     ("blocks.{i}.cross_attn.k.bias", "blocks.{i}.cross_attn.v.bias"),
-     ("blocks.{i}.attn2.to_k.bias", "blocks.{i}.attn2.to_v.bias")),
-    ("cross_attn.o.weight", "transformer.layers.{i}.cross_attention.dense.weight", "blocks.{i}.cross_attn.o.weight", "blocks.{i}.attn2.to_out.0.weight"),
-    ("cross_attn.o.bias", "transformer.layers.{i}.cross_attention.dense.bias", "blocks.{i}.cross_attn.o.bias", "blocks.{i}.attn2.to_out.0.bias"),
-    ("norm_cross.weight", "transformer.layers.{i}.post_cross_attention_layernorm.weight", "blocks.{i}.norm3.weight", "blocks.{i}.norm2.weight"),
-    ("norm_cross.bias", "transformer.layers.{i}.post_cross_attention_layernorm.bias", "blocks.{i}.norm3.bias", "blocks.{i}.norm2.bias"),
-    ("ffn.0.weight", "transformer.layers.{i}.mlp.dense_h_to_4h.weight", "blocks.{i}.ffn.0.weight", "blocks.{i}.ffn.net.0.proj.weight"),
-    ("ffn.0.bias", "transformer.layers.{i}.mlp.dense_h_to_4h.bias", "blocks.{i}.ffn.0.bias", "blocks.{i}.ffn.net.0.proj.bias"),
-    ("ffn.2.weight", "transformer.layers.{i}.mlp.dense_4h_to_h.weight", "blocks.{i}.ffn.2.weight", "blocks.{i}.ffn.net.2.weight"),
-    ("ffn.2.bias", "transformer.layers.{i}.mlp.dense_4h_to_h.bias", "blocks.{i}.ffn.2.bias", "blocks.{i}.ffn.net.2.bias"),
+    (
+        "self_attn.qkv.weight",
+        "transformer.layers.{i}.attention.query_key_value.weight",
+        ("blocks.{i}.self_attn.q.weight", "blocks.{i}.self_attn.k.weight", "blocks.{i}.self_attn.v.weight"),
+        ("blocks.{i}.attn1.to_q.weight", "blocks.{i}.attn1.to_k.weight", "blocks.{i}.attn1.to_v.weight"),
+    ),
+    (
+        "self_attn.qkv.bias",
+        "transformer.layers.{i}.attention.query_key_value.bias",
+        ("blocks.{i}.self_attn.q.bias", "blocks.{i}.self_attn.k.bias", "blocks.{i}.self_attn.v.bias"),
+        ("blocks.{i}.attn1.to_q.bias", "blocks.{i}.attn1.to_k.bias", "blocks.{i}.attn1.to_v.bias"),
+    ),
+    (
+        "self_attn.o.weight",
+        "transformer.layers.{i}.attention.dense.weight",
+        "blocks.{i}.self_attn.o.weight",
+        "blocks.{i}.attn1.to_out.0.weight",
+    ),
+    (
+        "self_attn.o.bias",
+        "transformer.layers.{i}.attention.dense.bias",
+        "blocks.{i}.self_attn.o.bias",
+        "blocks.{i}.attn1.to_out.0.bias",
+    ),
+    (
+        "cross_attn.q.weight",
+        "transformer.layers.{i}.cross_attention.query.weight",
+        "blocks.{i}.cross_attn.q.weight",
+        "blocks.{i}.attn2.to_q.weight",
+    ),
+    (
+        "cross_attn.q.bias",
+        "transformer.layers.{i}.cross_attention.query.bias",
+        "blocks.{i}.cross_attn.q.bias",
+        "blocks.{i}.attn2.to_q.bias",
+    ),
+    (
+        "cross_attn.kv.weight",
+        "transformer.layers.{i}.cross_attention.key_value.weight",
+        ("blocks.{i}.cross_attn.k.weight", "blocks.{i}.cross_attn.v.weight"),
+        ("blocks.{i}.attn2.to_k.weight", "blocks.{i}.attn2.to_v.weight"),
+    ),
+    (
+        "cross_attn.kv.bias",
+        "transformer.layers.{i}.cross_attention.key_value.bias",
+        ("blocks.{i}.cross_attn.k.bias", "blocks.{i}.cross_attn.v.bias"),
+        ("blocks.{i}.attn2.to_k.bias", "blocks.{i}.attn2.to_v.bias"),
+    ),
+    (
+        "cross_attn.o.weight",
+        "transformer.layers.{i}.cross_attention.dense.weight",
+        "blocks.{i}.cross_attn.o.weight",
+        "blocks.{i}.attn2.to_out.0.weight",
+    ),
+    (
+        "cross_attn.o.bias",
+        "transformer.layers.{i}.cross_attention.dense.bias",
+        "blocks.{i}.cross_attn.o.bias",
+        "blocks.{i}.attn2.to_out.0.bias",
+    ),
+    (
+        "norm_cross.weight",
+        "transformer.layers.{i}.post_cross_attention_layernorm.weight",
+        "blocks.{i}.norm3.weight",
+        "blocks.{i}.norm2.weight",
+    ),
+    (
+        "norm_cross.bias",
+        "transformer.layers.{i}.post_cross_attention_layernorm.bias",
+        "blocks.{i}.norm3.bias",
+        "blocks.{i}.norm2.bias",
+    ),
+    (
+        "ffn.0.weight",
+        "transformer.layers.{i}.mlp.dense_h_to_4h.weight",
+        "blocks.{i}.ffn.0.weight",
+        "blocks.{i}.ffn.net.0.proj.weight",
+    ),
+    (
+        "ffn.0.bias",
+        "transformer.layers.{i}.mlp.dense_h_to_4h.bias",
+        "blocks.{i}.ffn.0.bias",
+        "blocks.{i}.ffn.net.0.proj.bias",
+    ),
+    (
+        "ffn.2.weight",
+        "transformer.layers.{i}.mlp.dense_4h_to_h.weight",
+        "blocks.{i}.ffn.2.weight",
+        "blocks.{i}.ffn.net.2.weight",
+    ),
+    (
+        "ffn.2.bias",
+        "transformer.layers.{i}.mlp.dense_4h_to_h.bias",
+        "blocks.{i}.ffn.2.bias",
+        "blocks.{i}.ffn.net.2.bias",
+    ),
     ("modulation", "mixins.adaln_layer.adaLN_modulations.{i}", "blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
-    ("self_attn.norm_q.weight", "mixins.adaln_layer.query_layernorm_list.{i}.weight", "blocks.{i}.self_attn.norm_q.weight", "blocks.{i}.attn1.norm_q.weight"),
-    ("self_attn.norm_k.weight", "mixins.adaln_layer.key_layernorm_list.{i}.weight", "blocks.{i}.self_attn.norm_k.weight", "blocks.{i}.attn1.norm_k.weight"),
-    ("cross_attn.norm_q.weight", "mixins.adaln_layer.cross_query_layernorm_list.{i}.weight", "blocks.{i}.cross_attn.norm_q.weight", "blocks.{i}.attn2.norm_q.weight"),
-    ("cross_attn.norm_k.weight", "mixins.adaln_layer.cross_key_layernorm_list.{i}.weight", "blocks.{i}.cross_attn.norm_k.weight", "blocks.{i}.attn2.norm_k.weight"),
+    (
+        "self_attn.norm_q.weight",
+        "mixins.adaln_layer.query_layernorm_list.{i}.weight",
+        "blocks.{i}.self_attn.norm_q.weight",
+        "blocks.{i}.attn1.norm_q.weight",
+    ),
+    (
+        "self_attn.norm_k.weight",
+        "mixins.adaln_layer.key_layernorm_list.{i}.weight",
+        "blocks.{i}.self_attn.norm_k.weight",
+        "blocks.{i}.attn1.norm_k.weight",
+    ),
+    (
+        "cross_attn.norm_q.weight",
+        "mixins.adaln_layer.cross_query_layernorm_list.{i}.weight",
+        "blocks.{i}.cross_attn.norm_q.weight",
+        "blocks.{i}.attn2.norm_q.weight",
+    ),
+    (
+        "cross_attn.norm_k.weight",
+        "mixins.adaln_layer.cross_key_layernorm_list.{i}.weight",
+        "blocks.{i}.cross_attn.norm_k.weight",
+        "blocks.{i}.attn2.norm_k.weight",
+    ),
 ]
 
 
@@ -125,7 +268,9 @@ def to_layout(state_dict: dict, layout: str) -> dict:
     missing = [k for k, _ in key_table(num_layers, layout) if k not in state_dict]
     unexpected = [k for k in state_dict if k not in seen]
     if missing or unexpected:
-        raise KeyMismatchError("cannot convert to the " + layout + " layout:\n" + describe_key_problems(missing, unexpected))
+        raise KeyMismatchError(
+            "cannot convert to the " + layout + " layout:\n" + describe_key_problems(missing, unexpected)
+        )
     return out
 
 
@@ -147,14 +292,16 @@ def from_layout(state_dict: dict, layout: str, strict: bool = True) -> dict:
     if not strict:
         return out | {k: state_dict[k] for k in unexpected if k not in out}
     if missing or unexpected:
-        raise KeyMismatchError(f"weights do not match the {layout} DiT layout:\n" + describe_key_problems(missing, unexpected))
+        raise KeyMismatchError(
+            f"weights do not match the {layout} DiT layout:\n" + describe_key_problems(missing, unexpected)
+        )
     return out
 
 
 def to_ours(state_dict: dict, strict: bool = True) -> dict:
     """Any supported DiT layout (SAT with or without `model.diffusion_model.`, Wan2.1, diffusers, ours) -> ours."""
     if any(k.startswith(SAT_PREFIX) for k in state_dict):
-        state_dict = {k[len(SAT_PREFIX):] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
+        state_dict = {k[len(SAT_PREFIX) :] if k.startswith(SAT_PREFIX) else k: v for k, v in state_dict.items()}
     layout = detect_layout(state_dict)
     return dict(state_dict) if layout == "ours" else from_layout(state_dict, layout, strict)
 
@@ -165,8 +312,16 @@ KNOWN_ARCHITECTURES = {
     (1536, 30, 8960, 16): "Wan2.1-T2V-1.3B",
     (5120, 40, 13824, 36): "Wan2.1-I2V-14B (image-to-video: 36 input channels)",
 }
-ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "inner_hidden_size", "in_channels", "out_channels", "text_dim",
-                     "time_freq_dim", "patch_size")
+ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "num_layers",
+    "inner_hidden_size",
+    "in_channels",
+    "out_channels",
+    "text_dim",
+    "time_freq_dim",
+    "patch_size",
+)
 
 
 def dit_architecture(state_dict: dict) -> dict:
@@ -174,13 +329,15 @@ def dit_architecture(state_dict: dict) -> dict:
 
     The head count cannot be read from shapes (q/k norms are full width); it is not part of the result.
     """
-    patch = state_dict["patch_embedding.weight"].shape       # (hidden, in_channels, pt, ph, pw)
-    head = state_dict["head.linear.weight"].shape             # (out_channels * pt * ph * pw, hidden)
+    patch = state_dict["patch_embedding.weight"].shape  # (hidden, in_channels, pt, ph, pw)
+    head = state_dict["head.linear.weight"].shape  # (out_channels * pt * ph * pw, hidden)
     patch_size = tuple(patch[2:])
     return {
         "hidden_size": patch[0],
         "num_layers": num_layers_in(state_dict, "ours"),
-        "inner_hidden_size": state_dict["blocks.0.ffn.0.weight"].shape[0] if "blocks.0.ffn.0.weight" in state_dict else None,
+        "inner_hidden_size": state_dict["blocks.0.ffn.0.weight"].shape[0]
+        if "blocks.0.ffn.0.weight" in state_dict
+        else None,
         "in_channels": patch[1],
         "out_channels": head[0] // (patch_size[0] * patch_size[1] * patch_size[2]),
         "text_dim": state_dict["text_embedding.0.weight"].shape[1],
@@ -190,7 +347,9 @@ def dit_architecture(state_dict: dict) -> dict:
 
 
 def describe_architecture(arch: dict) -> str:
-    name = KNOWN_ARCHITECTURES.get((arch["hidden_size"], arch["num_layers"], arch["inner_hidden_size"], arch["in_channels"]))
+    name = KNOWN_ARCHITECTURES.get(
+        (arch["hidden_size"], arch["num_layers"], arch["inner_hidden_size"], arch["in_channels"])
+    )
     sizes = ", ".join(f"{k} {arch[k]}" for k in ARCHITECTURE_KEYS)
     return f"{name} ({sizes})" if name else sizes
 
@@ -205,5 +364,7 @@ def architecture_differences(checkpoint: dict, model: dict) -> str:
     diffs = [f"{k} {theirs[k]} (model {ours[k]})" for k in ARCHITECTURE_KEYS if theirs[k] != ours[k]]
     if not diffs:
         return ""
-    name = KNOWN_ARCHITECTURES.get((theirs["hidden_size"], theirs["num_layers"], theirs["inner_hidden_size"], theirs["in_channels"]))
+    name = KNOWN_ARCHITECTURES.get(
+        (theirs["hidden_size"], theirs["num_layers"], theirs["inner_hidden_size"], theirs["in_channels"])
+    )
     return "checkpoint of another architecture: " + ", ".join(diffs) + (f"; it looks like {name}" if name else "")

@@ -4,13 +4,13 @@ Seed rule: the initial noise of prompt line `i` (0-based, blank lines counted) i
 `torch.Generator` seeded with `args.seed + i`, one (1, T, C, H, W) float32 draw per sample b = 0, 1, ...; so a
 line's result does not depend on the other lines, their order, or the number of processes.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -50,44 +50,48 @@ class SampleArgs:
 
     input_file: str = "examples/prompts.txt"
     output_dir: str = "outputs"
-    model_root: Optional[str] = None              # release folder; the 14B configs write paths as ${args.model_root}/...
-    load: Optional[str] = None                    # DiT checkpoint: SAT directory, .pt or .safetensors
-    force_inference: bool = False                 # Q18: missing DiT keys only warn (official lenient load)
-    allow_unsafe_pickle: bool = False             # full unpickling of args.load (arbitrary code: trusted files only)
-    text_encoder_offload: str = "none"            # 'none', 'cpu' (umT5 runs on the CPU) or 'free' (encode all, then free)
-    sequence_parallel_size: int = 1               # S: ranks sharing one video (Ulysses); data parallel = world / S
-    attention_backend: str = "auto"               # auto (fused kernels only on GPU), default, cudnn, flash, efficient, math
-    compile: bool = False                         # torch.compile each transformer block (regional; first step slower)
-    allow_random_weights: bool = False            # components without weights get seeded random ones (demo/tests)
+    model_root: str | None = None  # release folder; the 14B configs write paths as ${args.model_root}/...
+    load: str | None = None  # DiT checkpoint: SAT directory, .pt or .safetensors
+    force_inference: bool = False  # Q18: missing DiT keys only warn (official lenient load)
+    allow_unsafe_pickle: bool = False  # full unpickling of args.load (arbitrary code: trusted files only)
+    text_encoder_offload: str = "none"  # 'none', 'cpu' (umT5 runs on the CPU) or 'free' (encode all, then free)
+    sequence_parallel_size: int = 1  # S: ranks sharing one video (Ulysses); data parallel = world / S
+    attention_backend: str = "auto"  # auto (fused kernels only on GPU), default, cudnn, flash, efficient, math
+    compile: bool = False  # torch.compile each transformer block (regional; first step slower)
+    allow_random_weights: bool = False  # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
-    seed: int = 42                                # see the module docstring for the per-line rule
-    device: str = "auto"                          # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
-    sampling_image_size: List[int] = field(default_factory=lambda: [512, 896])  # (H, W) pixels
-    sampling_num_frames: int = 21                 # latent frames T; the video has 4(T - 1) + 1 frames
+    seed: int = 42  # see the module docstring for the per-line rule
+    device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
+    sampling_image_size: list[int] = field(default_factory=lambda: [512, 896])  # (H, W) pixels
+    sampling_num_frames: int = 21  # latent frames T; the video has 4(T - 1) + 1 frames
     sampling_fps: int = 16
-    batch_size: int = 1                           # samples per prompt line
+    batch_size: int = 1  # samples per prompt line
     max_subject_nums: int = 3
-    negative_prompt: str = "@kaleido"             # '@kaleido', '@wan' or a literal text (Q6)
-    save_latents: bool = False                    # also write latent.safetensors (key 'latent', (B, T, C, H, W) fp32)
-    overwrite: bool = False                       # re-sample lines whose outputs exist
-    noise_file: Optional[str] = None              # safetensors {'<line index>': (B, T, C, H, W)}: inject noise (Q2 parity)
-    external_targets: List[str] = field(default_factory=list)  # extra allowed `target:` package prefixes
-    t5_prompt: str = "text"                       # Q1: 'text' (before the first @@) or 'full_line' (official)
-    allow_zero_refs: bool = True                  # Q10: lines without @@ run text-to-video
-    ref_alpha: str = "white"                      # Q15: 'white' composite or 'drop' (official)
-    latents_bf16_before_decode: bool = False      # Q4
-    uint8_rounding: str = "round"                 # Q5: 'round' or 'truncate' (official)
-    batch_output_naming: str = "numbered"         # Q9: output.mp4, output_1.mp4, ... or 'overwrite' (official)
+    negative_prompt: str = "@kaleido"  # '@kaleido', '@wan' or a literal text (Q6)
+    save_latents: bool = False  # also write latent.safetensors (key 'latent', (B, T, C, H, W) fp32)
+    overwrite: bool = False  # re-sample lines whose outputs exist
+    noise_file: str | None = None  # safetensors {'<line index>': (B, T, C, H, W)}: inject noise (Q2 parity)
+    external_targets: list[str] = field(default_factory=list)  # extra allowed `target:` package prefixes
+    t5_prompt: str = "text"  # Q1: 'text' (before the first @@) or 'full_line' (official)
+    allow_zero_refs: bool = True  # Q10: lines without @@ run text-to-video
+    ref_alpha: str = "white"  # Q15: 'white' composite or 'drop' (official)
+    latents_bf16_before_decode: bool = False  # Q4
+    uint8_rounding: str = "round"  # Q5: 'round' or 'truncate' (official)
+    batch_output_naming: str = "numbered"  # Q9: output.mp4, output_1.mp4, ... or 'overwrite' (official)
 
     def validate(self) -> None:
         size = self.sampling_image_size
         if len(size) != 2 or any(s <= 0 or s % 16 for s in size):
-            raise ValueError(f"sampling_image_size: expected [height, width], positive multiples of 16 (8× VAE, 2× patch); got {size}")
+            raise ValueError(
+                f"sampling_image_size: expected [height, width], positive multiples of 16 (8× VAE, 2× patch); got {size}"
+            )
         for key in ("sampling_num_frames", "sampling_fps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.attention_backend not in ("auto", "default", *ATTENTION_BACKENDS):
-            raise ValueError(f"attention_backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
+            raise ValueError(
+                f"attention_backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
+            )
         if self.sequence_parallel_size < 1:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
         if self.max_subject_nums < 0:
@@ -103,7 +107,9 @@ class SampleArgs:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: expected one of {list(allowed)}, got {getattr(self, key)!r}")
         if self.negative_prompt.startswith("@") and self.negative_prompt not in NEGATIVE_PROMPTS:
-            raise ValueError(f"negative_prompt: unknown preset {self.negative_prompt!r} (presets: {list(NEGATIVE_PROMPTS)})")
+            raise ValueError(
+                f"negative_prompt: unknown preset {self.negative_prompt!r} (presets: {list(NEGATIVE_PROMPTS)})"
+            )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -120,7 +126,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'")
+        raise ConfigError(
+            f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'"
+        )
     return device
 
 
@@ -134,6 +142,7 @@ def configured_paths(args: SampleArgs, config: Config) -> list[tuple[str, str]]:
                 if key.endswith("_path") and isinstance(value, str):
                     paths.append((f"{prefix}.{key}", value))
                 walk(value, f"{prefix}.{key}")
+
     walk(config.section("model"), "model")
     return paths
 
@@ -144,8 +153,10 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
     paths = configured_paths(args, config)
     root = args.model_root
     if root and not Path(root).is_dir() and any(path.startswith(root) for _, path in paths):
-        raise ConfigError(f"args.model_root={root} ({config.where('args.model_root')}): no such folder; it should be the "
-                          "Kaleido-14B-S2V release (README, 'Use the released weights')")
+        raise ConfigError(
+            f"args.model_root={root} ({config.where('args.model_root')}): no such folder; it should be the "
+            "Kaleido-14B-S2V release (README, 'Use the released weights')"
+        )
     problems = []
     for key, path in paths:
         target = Path(path)
@@ -156,8 +167,10 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
     if problems:
         hint = ""
         if args.model_root:
-            hint = (f"; args.model_root={args.model_root} ({config.where('args.model_root')}) should be the "
-                    "Kaleido-14B-S2V release folder (README, 'Use the released weights')")
+            hint = (
+                f"; args.model_root={args.model_root} ({config.where('args.model_root')}) should be the "
+                "Kaleido-14B-S2V release folder (README, 'Use the released weights')"
+            )
         raise ConfigError("missing weights: " + "; ".join(problems) + hint)
 
 
@@ -173,8 +186,10 @@ def init_missing_weights(engine: KaleidoEngine, dit_loaded: bool, allowed: bool,
     if not unweighted:
         return
     if not allowed:
-        raise ConfigError(f"{where}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the weights_path "
-                          "params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test")
+        raise ConfigError(
+            f"{where}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the weights_path "
+            "params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test"
+        )
     for offset, (module, has_weights) in enumerate(components.values()):
         if not has_weights:
             seeded_random_init_(module, seed + offset)
@@ -186,16 +201,27 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     the memory-mapped checkpoint: no random init, no second copy). `place_engine` moves them to the device."""
     resolve_device(args.device)  # an unavailable device is reported before any weights are read
     check_weight_paths(args, config)
-    engine = KaleidoEngine.from_config(config.section("model"), config.where, args.external_targets, meta_network=bool(args.load))
+    engine = KaleidoEngine.from_config(
+        config.section("model"), config.where, args.external_targets, meta_network=bool(args.load)
+    )
     if args.load:
-        load_dit_into(engine.network, args.load, args.force_inference, args.allow_unsafe_pickle, args.random_weights_seed)
-    init_missing_weights(engine, bool(args.load), args.allow_random_weights, args.random_weights_seed, config.where("args"))
+        load_dit_into(
+            engine.network, args.load, args.force_inference, args.allow_unsafe_pickle, args.random_weights_seed
+        )
+    init_missing_weights(
+        engine, bool(args.load), args.allow_random_weights, args.random_weights_seed, config.where("args")
+    )
     network = engine.network
     set_attention_backend(network, args.attention_backend, resolve_device(args.device))
     if args.compile:
         compile_blocks(network)
-    log.info("model: DiT %d layers × %d, %s parameters, %s", len(network.blocks), network.hidden_size,
-             f"{sum(p.numel() for p in network.parameters()):,}", str(network.dtype).removeprefix("torch."))
+    log.info(
+        "model: DiT %d layers × %d, %s parameters, %s",
+        len(network.blocks),
+        network.hidden_size,
+        f"{sum(p.numel() for p in network.parameters()):,}",
+        str(network.dtype).removeprefix("torch."),
+    )
     return engine.eval()
 
 
@@ -207,9 +233,13 @@ def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tupl
     for prompt in prompts:
         key = str(prompt.index)
         if key not in table:
-            raise io.InputError(f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.index + 1} (args.noise_file)")
+            raise io.InputError(
+                f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.index + 1} (args.noise_file)"
+            )
         if tuple(table[key].shape) != (args.batch_size, *shape):
-            raise io.InputError(f"{args.noise_file}: tensor '{key}' has shape {list(table[key].shape)}, expected {[args.batch_size, *shape]}")
+            raise io.InputError(
+                f"{args.noise_file}: tensor '{key}' has shape {list(table[key].shape)}, expected {[args.batch_size, *shape]}"
+            )
     return table
 
 
@@ -218,7 +248,9 @@ def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], tab
     if table is not None:
         return table[str(line_index)].float()
     generator = torch.Generator().manual_seed(args.seed + line_index)
-    return torch.cat([torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)])
+    return torch.cat(
+        [torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)]
+    )
 
 
 def prompt_for_t5(args: SampleArgs, prompt: io.PromptLine) -> str:
@@ -237,24 +269,37 @@ def sharding_plan(args: SampleArgs, config: Config, sp_size: int) -> ShardPlan |
         return None
     params = config.section("model").get("network_config", {}).get("params", {})
     heads, patch = params.get("num_attention_heads", 40), params.get("patch_size", [1, 2, 2])
-    factor = spatial_factor(config.section("model").get("first_stage_config", {}).get("params", {}).get("dim_mult", DEFAULT_DIM_MULT))
+    factor = spatial_factor(
+        config.section("model").get("first_stage_config", {}).get("params", {}).get("dim_mult", DEFAULT_DIM_MULT)
+    )
     height, width = (extent // factor for extent in args.sampling_image_size)
     try:
         return ShardPlan.for_latent(height, width, sp_size, heads, tuple(patch[1:]))
     except ShardingError as err:
-        raise ConfigError(f"{config.where('args.sequence_parallel_size')}: {err} (args.sampling_image_size "
-                          f"{args.sampling_image_size} -> latent {height}x{width})") from None
+        raise ConfigError(
+            f"{config.where('args.sequence_parallel_size')}: {err} (args.sampling_image_size "
+            f"{args.sampling_image_size} -> latent {height}x{width})"
+        ) from None
 
 
-def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | None = None,
-        state: parallel.ParallelState | None = None, plan: ShardPlan | None = None) -> list[Path]:
+def run(
+    args: SampleArgs,
+    engine: KaleidoEngine,
+    lines: list[io.PromptLine] | None = None,
+    state: parallel.ParallelState | None = None,
+    plan: ShardPlan | None = None,
+) -> list[Path]:
     """Sample the prompt lines of this data-parallel rank; returns the output folders written here.
 
     Under sequence parallelism (state.sp_size > 1, `plan` from sharding_plan) every rank of the group runs the
     sampler on its chunk of the latent; the group's source rank gathers, decodes and writes.
     """
     state = state or parallel.ParallelState()
-    prompts = lines if lines is not None else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+    prompts = (
+        lines
+        if lines is not None
+        else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+    )
     height, width = args.sampling_image_size
     vae = engine.first_stage
     latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
@@ -266,8 +311,15 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
         engine.sampler.progress = engine.sampler.progress and source
         # CFG 'auto': the ranks of a group run the forwards together, so they take one mode.
         engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)
-    log.info("sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s", len(prompts), height, width,
-             args.sampling_num_frames, vae.temporal_factor * (args.sampling_num_frames - 1) + 1, args.output_dir)
+    log.info(
+        "sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s",
+        len(prompts),
+        height,
+        width,
+        args.sampling_num_frames,
+        vae.temporal_factor * (args.sampling_num_frames - 1) + 1,
+        args.output_dir,
+    )
     engine.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
     uncond_context = engine.encode_text([args.negative_prompt_text])
     contexts = {}
@@ -293,7 +345,10 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
             for i, image in enumerate(images):
                 io.write_png(folder / f"subject_{i}.png", image)
         if not images:
-            log.warning("line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution", prompt.index + 1)
+            log.warning(
+                "line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution",
+                prompt.index + 1,
+            )
             references = None
         else:
             pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
@@ -307,8 +362,14 @@ def run(args: SampleArgs, engine: KaleidoEngine, lines: list[io.PromptLine] | No
             noise = plan.shard(noise, state.sp_rank)
             references = None if references is None else plan.shard(references, state.sp_rank)
             window = {"grid_offset": plan.grid_offset(state.sp_rank), "full_grid": plan.full_grid}
-        latents = engine.sample(noise, context.expand(batch, -1, -1), uncond_context.expand(batch, -1, -1),
-                                references, description=f"line {prompt.index + 1}", **window)
+        latents = engine.sample(
+            noise,
+            context.expand(batch, -1, -1),
+            uncond_context.expand(batch, -1, -1),
+            references,
+            description=f"line {prompt.index + 1}",
+            **window,
+        )
         if plan is not None:
             latents = plan.unshard(parallel.all_gather_sp(state, latents))
         if not source:

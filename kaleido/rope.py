@@ -5,6 +5,7 @@ as in Wan2.1. Reference tokens sit at positions chosen by the official flags (sp
 flags reference k, row i, column j sits at (k, 80 + i, 80 + j). Angles are computed on the fly from positions, so
 any T, H, W, number of references and sequence-parallel offset works without a precomputed table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ class ReferencePlacement:
         variants change with the sequence-parallel degree.)
         """
         offsets = []
-        for shifted, size, fixed, window in zip((self.shift_h, self.shift_w), full_grid, (self.max_h, self.max_w), grid_offset):
+        for shifted, size, fixed, window in zip(
+            (self.shift_h, self.shift_w), full_grid, (self.max_h, self.max_w), grid_offset
+        ):
             if not shifted:
                 base = 0
             else:
@@ -116,7 +119,10 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 10000.0)
     dims = axis_dims(head_dim)
     positions = positions.to(torch.float32)
     angles = torch.cat(
-        [positions[:, axis, None] * inverse_frequencies(dim, theta).to(positions.device) for axis, dim in enumerate(dims)],
+        [
+            positions[:, axis, None] * inverse_frequencies(dim, theta).to(positions.device)
+            for axis, dim in enumerate(dims)
+        ],
         dim=1,
     )
     return angles.cos(), angles.sin()

@@ -12,6 +12,7 @@ Checkpoint layout under args.save (official SAT layout plus the training state):
 An iteration folder is written under a temporary name and renamed when complete; `latest` is replaced after
 that, so an interrupted save leaves `latest` naming the previous complete checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,42 +57,42 @@ class TrainArgs:
     """Run settings of `train_video_concat.py` (the `args:` section); optimiser settings live in `deepspeed:`."""
 
     experiment_name: str = "kaleido-finetune"
-    train_data: list[str] = field(default_factory=list)   # dataset folders (videos/, labels/, references/)
+    train_data: list[str] = field(default_factory=list)  # dataset folders (videos/, labels/, references/)
     video_size: list[int] = field(default_factory=lambda: [480, 832])  # (H, W) pixels
     fps: int = 16
-    num_frames: int = 81                   # video frames per sample (4k + 1)
+    num_frames: int = 81  # video frames per sample (4k + 1)
     skip_frames: int = 3
     max_subjects: int = 3
-    frame_sampling: str = "resample"       # TR2: 'resample' (16 fps) or 'official' (integer stride)
-    reference_encoding: str = "separate"   # TR1: 'separate' or 'stacked_first' (official)
+    frame_sampling: str = "resample"  # TR2: 'resample' (16 fps) or 'official' (integer stride)
+    reference_encoding: str = "separate"  # TR1: 'separate' or 'stacked_first' (official)
     text_dropout: float = 0.1
     num_workers: int = 2
-    text_encoder_device: str = "same"      # 'same' (the training GPU) or 'cpu': frees 11.4 GB per GPU, slower encoding
-    engine: str = "deepspeed"              # 'deepspeed' or 'fsdp2'
-    model_root: str | None = None          # the release folder (the 14B model config refers to it)
-    load: str | None = None                # initial DiT weights (SAT dir, .pt, .safetensors, Wan shards)
+    text_encoder_device: str = "same"  # 'same' (the training GPU) or 'cpu': frees 11.4 GB per GPU, slower encoding
+    engine: str = "deepspeed"  # 'deepspeed' or 'fsdp2'
+    model_root: str | None = None  # the release folder (the 14B model config refers to it)
+    load: str | None = None  # initial DiT weights (SAT dir, .pt, .safetensors, Wan shards)
     allow_unsafe_pickle: bool = False
-    allow_random_weights: bool = False     # components without weights get seeded random ones (tests)
+    allow_random_weights: bool = False  # components without weights get seeded random ones (tests)
     save: str = "checkpoints"
     save_interval: int = 100
-    keep_last_n: int = 3                   # iteration folders kept (0 = all)
-    save_dtype: str = "bfloat16"           # dtype of the exported SAT weights
-    resume: bool = True                    # continue from <save>/latest when it holds a training state
-    train_iters: int = 5000                # optimizer steps
+    keep_last_n: int = 3  # iteration folders kept (0 = all)
+    save_dtype: str = "bfloat16"  # dtype of the exported SAT weights
+    resume: bool = True  # continue from <save>/latest when it holds a training state
+    train_iters: int = 5000  # optimizer steps
     log_interval: int = 1
-    eval_interval: int = 0                 # 0 = no validation sampling
-    eval_prompts: str | None = None        # prompt file (sample_video.py format) for validation videos
+    eval_interval: int = 0  # 0 = no validation sampling
+    eval_prompts: str | None = None  # prompt file (sample_video.py format) for validation videos
     eval_image_size: list[int] = field(default_factory=lambda: [480, 832])
-    eval_num_frames: int = 21              # latent frames
+    eval_num_frames: int = 21  # latent frames
     seed: int = 42
-    lr_warmup_fraction: float = 0.01       # official rule (TR4): min(0.05, k / (0.01 · train_iters)) for k <= 100
+    lr_warmup_fraction: float = 0.01  # official rule (TR4): min(0.05, k / (0.01 · train_iters)) for k <= 100
     finetune_warmup_steps: int = 100
     finetune_warmup_rate: float = 0.05
     decay_norm_and_modulation: bool = True  # TR5: official weight decay on q/k norms and modulation tables
     checkpoint_activations: bool = True
     fsdp2_reshard_after_forward: bool = True
     fsdp2_reduce_dtype: str = "float32"
-    max_nonfinite_steps: int = 5           # consecutive non-finite losses before the run stops
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     device: str = "auto"
 
     def validate(self) -> None:
@@ -120,6 +121,7 @@ class TrainArgs:
 
 
 # -------------------------------------------------------------------------------------------- distributed setup
+
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """Join torchrun's world, or make a world of one (both engines need a process group)."""
@@ -163,6 +165,7 @@ def set_rng_state(state: dict) -> None:
 
 # -------------------------------------------------------------------------------------------- data stream
 
+
 class PositionDataset(torch.utils.data.Dataset):
     """Global sample position -> item. A sample that fails to decode is replaced by the next dataset index
     (deterministically: the same replacement in every run) and its reason travels with the item."""
@@ -204,23 +207,42 @@ def collate_with_skips(items: list[dict]) -> dict:
     return {**collate(items), "skipped": skipped}
 
 
-def sample_loader(dataset: SFTDataset, seed: int, start: int, micro_batch: int, dp_rank: int, dp_size: int,
-                  num_workers: int) -> torch.utils.data.DataLoader:
+def sample_loader(
+    dataset: SFTDataset, seed: int, start: int, micro_batch: int, dp_rank: int, dp_size: int, num_workers: int
+) -> torch.utils.data.DataLoader:
     """Micro-batches in order (workers prefetch; the order stays the sampler's), resumable at any micro-step."""
-    return torch.utils.data.DataLoader(PositionDataset(dataset, seed), batch_sampler=MicroBatchSampler(start, micro_batch, dp_rank, dp_size),
-                                       num_workers=num_workers, collate_fn=collate_with_skips,
-                                       prefetch_factor=2 if num_workers else None, persistent_workers=num_workers > 0)
+    return torch.utils.data.DataLoader(
+        PositionDataset(dataset, seed),
+        batch_sampler=MicroBatchSampler(start, micro_batch, dp_rank, dp_size),
+        num_workers=num_workers,
+        collate_fn=collate_with_skips,
+        prefetch_factor=2 if num_workers else None,
+        persistent_workers=num_workers > 0,
+    )
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
+
 
 def checkpoint_config(config: Config) -> dict:
     return {"model": config.section("model"), "args": config.section("args"), "deepspeed": config.section("deepspeed")}
 
 
 # What must not change when a run is resumed (the rest: iterations, intervals, logging, paths may).
-RESUME_KEYS = ("model", "deepspeed", "args.engine", "args.video_size", "args.num_frames", "args.fps", "args.seed",
-               "args.reference_encoding", "args.frame_sampling", "args.text_dropout", "args.train_data", "world_size")
+RESUME_KEYS = (
+    "model",
+    "deepspeed",
+    "args.engine",
+    "args.video_size",
+    "args.num_frames",
+    "args.fps",
+    "args.seed",
+    "args.reference_encoding",
+    "args.frame_sampling",
+    "args.text_dropout",
+    "args.train_data",
+    "world_size",
+)
 
 
 def _flatten(node, prefix=""):
@@ -235,8 +257,11 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     """'key: <checkpoint> (checkpoint) vs <now> (now)' for every resume-relevant setting that differs."""
     old, new = dict(_flatten(saved)), dict(_flatten(current))
     relevant = [k for k in sorted(set(old) | set(new)) if any(k == r or k.startswith(r + ".") for r in RESUME_KEYS)]
-    return [f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs {new.get(k, '<absent>')!r} (now)"
-            for k in relevant if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs {new.get(k, '<absent>')!r} (now)"
+        for k in relevant
+        if old.get(k) != new.get(k)
+    ]
 
 
 def latest_iteration(save: Path) -> str | None:
@@ -255,6 +280,7 @@ def prune(save: Path, keep_last_n: int, keep: str) -> None:
 
 # -------------------------------------------------------------------------------------------- the job
 
+
 class Trainer:
     def __init__(self, args: TrainArgs, config: Config):
         self.args, self.config = args, config
@@ -264,9 +290,15 @@ class Trainer:
             self.settings = training.OptimSettings.from_deepspeed_block(config.section("deepspeed"), self.world_size)
         except training.TrainingConfigError as err:
             raise ConfigError(f"{config.where('deepspeed')}: {err}") from None
-        self.dataset = SFTDataset(args.train_data, video_size=tuple(args.video_size), fps=args.fps, num_frames=args.num_frames,
-                                  skip_frames=args.skip_frames, max_subjects=args.max_subjects,
-                                  frame_sampling=args.frame_sampling)
+        self.dataset = SFTDataset(
+            args.train_data,
+            video_size=tuple(args.video_size),
+            fps=args.fps,
+            num_frames=args.num_frames,
+            skip_frames=args.skip_frames,
+            max_subjects=args.max_subjects,
+            frame_sampling=args.frame_sampling,
+        )
         self.resume_from = self._resume_point()
         for generator_seed in (random.seed, np.random.seed, torch.manual_seed):  # the official per-rank global seeding
             generator_seed(args.seed + self.rank)
@@ -280,8 +312,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard hides the events logged after the resumed checkpoint (they are replayed).
-            self.writer = SummaryWriter(str(self.save / "tensorboard"),
-                                        purge_step=self.iteration + 1 if self.resume_from is not None else None)
+            self.writer = SummaryWriter(
+                str(self.save / "tensorboard"), purge_step=self.iteration + 1 if self.resume_from is not None else None
+            )
 
     # ---- setup
 
@@ -295,13 +328,18 @@ class Trainer:
         saved = yaml.safe_load((self.save / "config.yaml").read_text())
         differences = config_differences(saved, {**checkpoint_config(self.config), "world_size": self.world_size})
         if differences:
-            raise ConfigError(f"{self.save}: cannot resume, the checkpoint was trained with other settings: "
-                              + "; ".join(differences) + " (use another args.save, or args.resume=false to start over)")
+            raise ConfigError(
+                f"{self.save}: cannot resume, the checkpoint was trained with other settings: "
+                + "; ".join(differences)
+                + " (use another args.save, or args.resume=false to start over)"
+            )
         return self.save / iteration
 
     def _build_models(self) -> None:
         args = self.args
-        engine = KaleidoEngine.from_config(self.config.section("model"), self.config.where, meta_network=bool(args.load))
+        engine = KaleidoEngine.from_config(
+            self.config.section("model"), self.config.where, meta_network=bool(args.load)
+        )
         if args.load:
             load_dit_into(engine.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
         init_missing_weights(engine, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args"))
@@ -313,15 +351,30 @@ class Trainer:
         if args.checkpoint_activations:
             training.enable_activation_checkpointing(network)
         lr_lambda = lambda step: training.annealing_lr_factor(  # noqa: E731
-            step, args.train_iters, args.lr_warmup_fraction, args.finetune_warmup_steps, args.finetune_warmup_rate)
+            step, args.train_iters, args.lr_warmup_fraction, args.finetune_warmup_steps, args.finetune_warmup_rate
+        )
         if args.engine == "deepspeed":
-            self.engine = training.DeepSpeedEngine(network, self.config.section("deepspeed"), self.settings, lr_lambda,
-                                                   args.decay_norm_and_modulation)
+            self.engine = training.DeepSpeedEngine(
+                network, self.config.section("deepspeed"), self.settings, lr_lambda, args.decay_norm_and_modulation
+            )
         else:
-            self.engine = training.FSDP2Engine(network, self.settings, lr_lambda, args.decay_norm_and_modulation, self.device,
-                                               args.fsdp2_reshard_after_forward, args.fsdp2_reduce_dtype)
-        self.objective = TrainingObjective(engine.conditioner, engine.first_stage, engine.scale_factor, args.text_dropout,
-                                           args.reference_encoding, args.seed)
+            self.engine = training.FSDP2Engine(
+                network,
+                self.settings,
+                lr_lambda,
+                args.decay_norm_and_modulation,
+                self.device,
+                args.fsdp2_reshard_after_forward,
+                args.fsdp2_reduce_dtype,
+            )
+        self.objective = TrainingObjective(
+            engine.conditioner,
+            engine.first_stage,
+            engine.scale_factor,
+            args.text_dropout,
+            args.reference_encoding,
+            args.seed,
+        )
 
     # ---- checkpoints
 
@@ -334,8 +387,10 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "train_state").mkdir(parents=True)
             if not (self.save / "config.yaml").is_file():
-                io.write_text(self.save / "config.yaml", yaml.safe_dump(
-                    {**checkpoint_config(self.config), "world_size": self.world_size}, sort_keys=False))
+                io.write_text(
+                    self.save / "config.yaml",
+                    yaml.safe_dump({**checkpoint_config(self.config), "world_size": self.world_size}, sort_keys=False),
+                )
         dist.barrier()
         client_state = {"iteration": self.iteration, "micro_step": self.micro_step}
         self.engine.save_state(tmp / "train_state", client_state)
@@ -343,8 +398,15 @@ class Trainer:
         weights = self.engine.full_state_dict()  # collective for FSDP2
         if self.rank == 0:
             module = sat_module(weights, parse_dtype(self.args.save_dtype))
-            torch.save({"module": module, "iteration": self.iteration, "dp_world_size": self.world_size,
-                        "engine": self.engine.name}, tmp / SAT_MODEL_FILE)
+            torch.save(
+                {
+                    "module": module,
+                    "iteration": self.iteration,
+                    "dp_world_size": self.world_size,
+                    "engine": self.engine.name,
+                },
+                tmp / SAT_MODEL_FILE,
+            )
         dist.barrier()
         fault_point("before-rename", self.iteration)
         if self.rank == 0:
@@ -393,14 +455,21 @@ class Trainer:
         args = self.args
         out = self.save / "eval" / str(self.iteration)
         scratch = None if self.rank == 0 else tempfile.mkdtemp(prefix="kaleido-eval-")  # other ranks join the forwards
-        sample_args = SampleArgs(input_file=args.eval_prompts, output_dir=str(out if scratch is None else scratch),
-                                 sampling_image_size=list(args.eval_image_size), sampling_num_frames=args.eval_num_frames,
-                                 seed=args.seed, device=str(self.device), overwrite=True,
-                                 text_encoder_offload="cpu" if args.text_encoder_device == "cpu" else "none")
+        sample_args = SampleArgs(
+            input_file=args.eval_prompts,
+            output_dir=str(out if scratch is None else scratch),
+            sampling_image_size=list(args.eval_image_size),
+            sampling_num_frames=args.eval_num_frames,
+            seed=args.seed,
+            device=str(self.device),
+            overwrite=True,
+            text_encoder_offload="cpu" if args.text_encoder_device == "cpu" else "none",
+        )
         network = self.engine.network
         network.eval()
-        engine = KaleidoEngine(network, self.frozen.conditioner, self.frozen.first_stage, self.frozen.sampler,
-                               self.frozen.scale_factor)
+        engine = KaleidoEngine(
+            network, self.frozen.conditioner, self.frozen.first_stage, self.frozen.sampler, self.frozen.scale_factor
+        )
         # Every rank runs the same forwards (FSDP2 gathers inside them): CFG 'auto' must choose one mode for all.
         engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, self.device)
         try:
@@ -420,11 +489,27 @@ class Trainer:
         progress = tqdm(total=args.train_iters, initial=self.iteration, desc="train", disable=self.rank != 0)
         window_losses, nonfinite, started, samples = [], 0, time.perf_counter(), 0
         accumulated = 0
-        batches = iter(sample_loader(self.dataset, args.seed, self.micro_step, settings.micro_batch, self.rank,
-                                     self.world_size, args.num_workers))
-        log.info("training %s: %d usable samples, world %d, micro-batch %d × accumulation %d, engine %s, from iteration %d",
-                 args.experiment_name, len(self.dataset), self.world_size, settings.micro_batch, settings.accumulation,
-                 self.engine.name, self.iteration)
+        batches = iter(
+            sample_loader(
+                self.dataset,
+                args.seed,
+                self.micro_step,
+                settings.micro_batch,
+                self.rank,
+                self.world_size,
+                args.num_workers,
+            )
+        )
+        log.info(
+            "training %s: %d usable samples, world %d, micro-batch %d × accumulation %d, engine %s, from iteration %d",
+            args.experiment_name,
+            len(self.dataset),
+            self.world_size,
+            settings.micro_batch,
+            settings.accumulation,
+            self.engine.name,
+            self.iteration,
+        )
         while self.iteration < args.train_iters:
             batch = next(batches)
             positions = micro_batch_positions(self.micro_step, settings.micro_batch, self.rank, self.world_size)
@@ -435,12 +520,18 @@ class Trainer:
             out = self.objective(self.engine.module, batch, positions)
             if not parallel.all_ranks_true(bool(torch.isfinite(out["loss"]).all()), self.device):
                 nonfinite += 1
-                log.warning("non-finite loss at micro-step %d (positions %s): micro-batch dropped (%d in a row)",
-                            self.micro_step, positions, nonfinite)
+                log.warning(
+                    "non-finite loss at micro-step %d (positions %s): micro-batch dropped (%d in a row)",
+                    self.micro_step,
+                    positions,
+                    nonfinite,
+                )
                 if nonfinite >= args.max_nonfinite_steps:
-                    raise TrainingError(f"{nonfinite} consecutive non-finite losses at micro-step {self.micro_step}: "
-                                        "stopping (args.max_nonfinite_steps); the last checkpoint is "
-                                        f"{latest_iteration(self.save) or 'none'}")
+                    raise TrainingError(
+                        f"{nonfinite} consecutive non-finite losses at micro-step {self.micro_step}: "
+                        "stopping (args.max_nonfinite_steps); the last checkpoint is "
+                        f"{latest_iteration(self.save) or 'none'}"
+                    )
                 continue
             nonfinite = 0
             self.engine.backward(out["loss"])
@@ -468,15 +559,31 @@ class Trainer:
         if self.rank != 0:
             return
         self.save.mkdir(parents=True, exist_ok=True)
-        log.info("iteration %d: loss %.6f, lr %.3e, grad-norm %.4f, %.2f samples/s%s", self.iteration, loss, result.lr,
-                 result.grad_norm, samples_per_s, " (optimizer step skipped)" if result.skipped else "")
-        for tag, value in (("train/loss", loss), ("train/lr", result.lr), ("train/grad_norm", result.grad_norm),
-                           ("train/samples_per_s", samples_per_s)):
+        log.info(
+            "iteration %d: loss %.6f, lr %.3e, grad-norm %.4f, %.2f samples/s%s",
+            self.iteration,
+            loss,
+            result.lr,
+            result.grad_norm,
+            samples_per_s,
+            " (optimizer step skipped)" if result.skipped else "",
+        )
+        for tag, value in (
+            ("train/loss", loss),
+            ("train/lr", result.lr),
+            ("train/grad_norm", result.grad_norm),
+            ("train/samples_per_s", samples_per_s),
+        ):
             if math.isfinite(value):
                 self.writer.add_scalar(tag, value, self.iteration)
         # One JSON line per logged iteration (exact values: resumed runs can be compared with uninterrupted ones).
-        record = {"iteration": self.iteration, "loss": loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                  "skipped_step": result.skipped, "skipped_samples": sum(self.skipped.values())}
+        record = {
+            "iteration": self.iteration,
+            "loss": loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "skipped_step": result.skipped,
+            "skipped_samples": sum(self.skipped.values()),
+        }
         with open(self.save / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-

@@ -6,6 +6,7 @@ with no generator state to save, on any number of data-parallel ranks.
 
 Layouts: videos (B, T, 3, H, W) and references (N, 3, H, W) in [-1, 1] from the dataset; latents (B, t, C, h, w).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,11 +63,20 @@ class TrainingObjective:
     reference, and reused for the whole batch).
     """
 
-    def __init__(self, conditioner: nn.Module, first_stage: nn.Module, scale_factor: float = 1.0,
-                 text_dropout: float = 0.1, reference_encoding: str = "separate", seed: int = 0,
-                 loss: RFLoss | None = None):
+    def __init__(
+        self,
+        conditioner: nn.Module,
+        first_stage: nn.Module,
+        scale_factor: float = 1.0,
+        text_dropout: float = 0.1,
+        reference_encoding: str = "separate",
+        seed: int = 0,
+        loss: RFLoss | None = None,
+    ):
         if reference_encoding not in REFERENCE_ENCODINGS:
-            raise ValueError(f"reference_encoding: expected one of {list(REFERENCE_ENCODINGS)}, got {reference_encoding!r}")
+            raise ValueError(
+                f"reference_encoding: expected one of {list(REFERENCE_ENCODINGS)}, got {reference_encoding!r}"
+            )
         self.conditioner = conditioner
         self.first_stage = first_stage
         self.scale_factor = scale_factor
@@ -84,22 +94,34 @@ class TrainingObjective:
         """Frozen encoders: one group per distinct reference count, each
         {'x0': (b, t, C, h, w) fp32, 'context': (b, L, D), 'references': (b, N, C, h, w) fp32, 'positions': [..]}."""
         device = self.device
-        video = batch["video"].to(device)                                             # (B, T, 3, H, W)
+        video = batch["video"].to(device)  # (B, T, 3, H, W)
         x0 = self.first_stage.encode(video.transpose(1, 2)).transpose(1, 2) * self.scale_factor
-        texts = ["" if caption_dropped(self.seed, p, self.text_dropout) else text for p, text in zip(positions, batch["text"])]
+        texts = [
+            "" if caption_dropped(self.seed, p, self.text_dropout) else text
+            for p, text in zip(positions, batch["text"])
+        ]
         context = self.conditioner(texts).to(device)  # the text encoder may live on the CPU
         if self.reference_encoding == "stacked_first":
-            stacked = batch["references"][0].to(device).transpose(0, 1)[None]         # (1, 3, N, H, W): one video
+            stacked = batch["references"][0].to(device).transpose(0, 1)[None]  # (1, 3, N, H, W): one video
             refs = self.first_stage.encode(stacked).transpose(1, 2) * self.scale_factor
             references = [refs[0]] * len(positions)
         else:
-            references = [self.first_stage.encode(r.to(device)[:, :, None])[:, :, 0] * self.scale_factor
-                          for r in batch["references"]]                               # (N, C, h, w) each
+            references = [
+                self.first_stage.encode(r.to(device)[:, :, None])[:, :, 0] * self.scale_factor
+                for r in batch["references"]
+            ]  # (N, C, h, w) each
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(references):
             groups.setdefault(r.shape[0], []).append(i)
-        return [{"x0": x0[idx], "context": context[idx], "references": torch.stack([references[i] for i in idx]),
-                 "positions": [positions[i] for i in idx]} for idx in groups.values()]
+        return [
+            {
+                "x0": x0[idx],
+                "context": context[idx],
+                "references": torch.stack([references[i] for i in idx]),
+                "positions": [positions[i] for i in idx],
+            }
+            for idx in groups.values()
+        ]
 
     def __call__(self, network: Callable[..., torch.Tensor], batch: dict, positions: list[int]) -> dict:
         """Mean loss over the micro-batch (a graph to backpropagate) and per-sample values for logging."""
@@ -109,8 +131,13 @@ class TrainingObjective:
             draws = [counter_generator(self.seed, "draws", p) for p in group["positions"]]
             sigma_raw = torch.cat([self.loss.raw_sigmas(1, g) for g in draws])
             noise = torch.cat([torch.randn((1, *group["x0"].shape[1:]), generator=g) for g in draws])
-            out = self.loss(network, group["x0"], {"context": group["context"], "references": group["references"]},
-                            sigma_raw=sigma_raw, noise=noise)
+            out = self.loss(
+                network,
+                group["x0"],
+                {"context": group["context"], "references": group["references"]},
+                sigma_raw=sigma_raw,
+                noise=noise,
+            )
             total = total + out["loss"].sum() / count
             per_sample.append(out["loss"].detach())
             sigmas.append(out["sigma"].detach())

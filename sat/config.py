@@ -4,14 +4,16 @@ A config has top-level sections (`model:`, `args:`, ...). `model:` composes comp
 (built by `sgm.util.instantiate_from_config`); `args:` holds run settings, validated against a dataclass schema.
 Every key is checked: an unknown key is an error naming the key and the file (or override) it came from.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -61,12 +63,16 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                 |\.[0-9_]+(?:[eE][-+][0-9]+)?
                 |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _load_yaml(text: str):
@@ -112,6 +118,7 @@ def _parse_override(item: str) -> dict:
 
 def _check_interpolations(raw: Config, merged: DictConfig) -> None:
     """Every `${a.b}` (e.g. ${args.model_root}) names a key that is set: a null one would silently become "None"."""
+
     def strings(node, prefix):
         if isinstance(node, dict):
             for key, value in node.items():
@@ -125,10 +132,14 @@ def _check_interpolations(raw: Config, merged: DictConfig) -> None:
     for path, value in strings(raw.data, ""):
         for ref in re.findall(r"\$\{([\w.]+)\}", value):
             if OmegaConf.select(merged, ref, throw_on_resolution_failure=False) is None:
-                raise ConfigError(f"{raw.where(path)}: {path} uses ${{{ref}}}, which is not set ({ref}=... on the command line)")
+                raise ConfigError(
+                    f"{raw.where(path)}: {path} uses ${{{ref}}}, which is not set ({ref}=... on the command line)"
+                )
 
 
-def load_config(base_files: list[str], overrides: list[str] = (), sections: Iterable[str] = ("model", "args")) -> Config:
+def load_config(
+    base_files: list[str], overrides: list[str] = (), sections: Iterable[str] = ("model", "args")
+) -> Config:
     """Merge YAML files (later wins), then `key=value` overrides, recording the origin of every key."""
     if not base_files:
         raise ConfigError("no config given: pass --base <model yaml> <run yaml> ...")
@@ -140,7 +151,9 @@ def load_config(base_files: list[str], overrides: list[str] = (), sections: Iter
     for source, data in layers:
         for top in data:
             if top not in sections:
-                raise ConfigError(f"{source}: unknown top-level section '{top}' (expected one of {list(sections)}){_suggest(str(top), sections)}")
+                raise ConfigError(
+                    f"{source}: unknown top-level section '{top}' (expected one of {list(sections)}){_suggest(str(top), sections)}"
+                )
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(data))
         except OmegaConfBaseException as err:
@@ -167,7 +180,9 @@ def parse_args(schema: type, config: Config, section: str = "args"):
     names = {f.name for f in dataclasses.fields(schema)}
     for key in values:
         if key not in names:
-            raise ConfigError(f"{config.where(f'{section}.{key}')}: unknown key '{section}.{key}'{_suggest(str(key), names)}")
+            raise ConfigError(
+                f"{config.where(f'{section}.{key}')}: unknown key '{section}.{key}'{_suggest(str(key), names)}"
+            )
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), values)
         instance = OmegaConf.to_object(typed)

@@ -7,6 +7,7 @@ the group's source (reads, gathers, decodes, writes). The data-parallel group of
 Works as a plain single process (no torch.distributed at all) and under torchrun (env:// rendezvous, one or many
 nodes). Backend: nccl when the ranks use CUDA devices, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -28,8 +29,8 @@ class ParallelState:
     rank: int = 0
     local_rank: int = 0
     sp_size: int = 1
-    sp_group: object | None = None   # torch ProcessGroup of this rank's sequence-parallel block (None when S = 1)
-    dp_group: object | None = None   # torch ProcessGroup of this rank's data-parallel set (None when D = 1)
+    sp_group: object | None = None  # torch ProcessGroup of this rank's sequence-parallel block (None when S = 1)
+    dp_group: object | None = None  # torch ProcessGroup of this rank's data-parallel set (None when D = 1)
     comm_device: torch.device = torch.device("cpu")  # where collectives' tensors live (this GPU for nccl)
 
     @property
@@ -75,8 +76,10 @@ def check_layout(world_size: int, sp_size: int) -> None:
     if sp_size < 1:
         raise ParallelConfigError(f"args.sequence_parallel_size: must be >= 1, got {sp_size}")
     if world_size % sp_size:
-        raise ParallelConfigError(f"args.sequence_parallel_size={sp_size} does not divide the world size {world_size} "
-                                  "(number of processes launched)")
+        raise ParallelConfigError(
+            f"args.sequence_parallel_size={sp_size} does not divide the world size {world_size} "
+            "(number of processes launched)"
+        )
 
 
 def initialize(sp_size: int, device: torch.device) -> ParallelState:
@@ -101,9 +104,15 @@ def initialize(sp_size: int, device: torch.device) -> ParallelState:
         group = dist.new_group(list(range(sp, world_size, sp_size)))
         if rank % sp_size == sp:
             dp_group = group
-    return ParallelState(world_size, rank, local_rank, sp_size, sp_group if sp_size > 1 else None,
-                         dp_group if world_size // sp_size > 1 else None,
-                         device if backend == "nccl" else torch.device("cpu"))
+    return ParallelState(
+        world_size,
+        rank,
+        local_rank,
+        sp_size,
+        sp_group if sp_size > 1 else None,
+        dp_group if world_size // sp_size > 1 else None,
+        device if backend == "nccl" else torch.device("cpu"),
+    )
 
 
 def shutdown() -> None:
@@ -154,6 +163,7 @@ def barrier(state: ParallelState) -> None:
 
 # ------------------------------------------------------------------------------------------------------- Ulysses
 
+
 class _AllToAll(torch.autograd.Function):
     """all_to_all_single over dim 0 (the peer dim); its gradient is the same exchange in reverse."""
 
@@ -176,8 +186,8 @@ class _AllToAll(torch.autograd.Function):
 def heads_to_sequence(x: torch.Tensor, size: int, group) -> torch.Tensor:
     """(B, L/S, H, d) local tokens, all heads -> (B, L, H/S, d) all tokens (peer order), this rank's head group."""
     b, l_local, h, d = x.shape
-    x = x.reshape(b, l_local, size, h // size, d).permute(2, 0, 1, 3, 4)      # (S, B, L/S, H/S, d): to peer g
-    x = _AllToAll.apply(x, group)                                             # [s] = peer s's tokens, my heads
+    x = x.reshape(b, l_local, size, h // size, d).permute(2, 0, 1, 3, 4)  # (S, B, L/S, H/S, d): to peer g
+    x = _AllToAll.apply(x, group)  # [s] = peer s's tokens, my heads
     return x.permute(1, 0, 2, 3, 4).reshape(b, size * l_local, h // size, d)
 
 
@@ -185,7 +195,7 @@ def sequence_to_heads(x: torch.Tensor, size: int, group) -> torch.Tensor:
     """Inverse of heads_to_sequence: (B, L, H/S, d) -> (B, L/S, H, d)."""
     b, length, h_local, d = x.shape
     x = x.reshape(b, size, length // size, h_local, d).permute(1, 0, 2, 3, 4)  # (S, B, L/S, H/S, d): to peer s
-    x = _AllToAll.apply(x, group)                                             # [g] = my tokens, head group g
+    x = _AllToAll.apply(x, group)  # [g] = my tokens, head group g
     return x.permute(1, 2, 0, 3, 4).reshape(b, length // size, size * h_local, d)
 
 
@@ -205,7 +215,9 @@ class UlyssesAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.shape[2] % self.size:
-            raise ParallelConfigError(f"{q.shape[2]} attention heads cannot be split over sequence_parallel_size={self.size}")
+            raise ParallelConfigError(
+                f"{q.shape[2]} attention heads cannot be split over sequence_parallel_size={self.size}"
+            )
         q, k, v = (heads_to_sequence(t, self.size, self.group) for t in (q, k, v))
         return sequence_to_heads(self.attention(q, k, v), self.size, self.group)
 

@@ -11,6 +11,7 @@ either. The model knows nothing of them: sharding, mixed precision and activatio
     engine.load_state(dir)
     engine.full_state_dict()      our-layout DiT weights on rank 0 (None elsewhere), for SAT export
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,6 +35,7 @@ class TrainingConfigError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ settings
 
+
 @dataclass(frozen=True)
 class OptimSettings:
     """What both engines take from the `deepspeed:` block."""
@@ -52,23 +54,40 @@ class OptimSettings:
         micro = int(block.get("train_micro_batch_size_per_gpu", 1))
         accumulation = int(block.get("gradient_accumulation_steps", 1))
         if micro < 1 or accumulation < 1:
-            raise TrainingConfigError("deepspeed.train_micro_batch_size_per_gpu and gradient_accumulation_steps must be >= 1")
+            raise TrainingConfigError(
+                "deepspeed.train_micro_batch_size_per_gpu and gradient_accumulation_steps must be >= 1"
+            )
         if "train_batch_size" in block and int(block["train_batch_size"]) != micro * accumulation * world_size:
             raise TrainingConfigError(
                 f"deepspeed.train_batch_size={block['train_batch_size']} != train_micro_batch_size_per_gpu {micro} × "
                 f"gradient_accumulation_steps {accumulation} × data-parallel world {world_size} = "
-                f"{micro * accumulation * world_size}; drop train_batch_size or make them agree")
+                f"{micro * accumulation * world_size}; drop train_batch_size or make them agree"
+            )
         optimizer = block.get("optimizer", {"type": "AdamW", "params": {}})
         if str(optimizer.get("type", "")).lower() not in ("adamw", "adam"):
-            raise TrainingConfigError(f"deepspeed.optimizer.type={optimizer.get('type')!r}: only AdamW is supported by both engines")
+            raise TrainingConfigError(
+                f"deepspeed.optimizer.type={optimizer.get('type')!r}: only AdamW is supported by both engines"
+            )
         params = optimizer.get("params", {})
-        return cls(micro, accumulation, float(params.get("lr", 5e-6)), tuple(params.get("betas", (0.9, 0.95))),
-                   float(params.get("eps", 1e-8)), float(params.get("weight_decay", 1e-4)),
-                   float(block.get("gradient_clipping", 0.0)), bool(block.get("bf16", {}).get("enabled", True)))
+        return cls(
+            micro,
+            accumulation,
+            float(params.get("lr", 5e-6)),
+            tuple(params.get("betas", (0.9, 0.95))),
+            float(params.get("eps", 1e-8)),
+            float(params.get("weight_decay", 1e-4)),
+            float(block.get("gradient_clipping", 0.0)),
+            bool(block.get("bf16", {}).get("enabled", True)),
+        )
 
 
-def annealing_lr_factor(step: int, train_iters: int, warmup_fraction: float = 0.01,
-                        finetune_warmup_steps: int = 100, finetune_warmup_rate: float = 0.05) -> float:
+def annealing_lr_factor(
+    step: int,
+    train_iters: int,
+    warmup_fraction: float = 0.01,
+    finetune_warmup_steps: int = 100,
+    finetune_warmup_rate: float = 0.05,
+) -> float:
     """The official SAT rule (TR4), as a factor of the peak LR for 1-based optimizer step k:
     min(rate, k / warmup) for k <= finetune_warmup_steps, then 1 (warmup = warmup_fraction · train_iters)."""
     k = step + 1  # LambdaLR passes the 0-based count of steps taken
@@ -81,7 +100,9 @@ def annealing_lr_factor(step: int, train_iters: int, warmup_fraction: float = 0.
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_modulation: bool = True) -> list[dict]:
     """Official groups (training.md §7.2): no decay for biases and LayerNorm parameters; everything else decays,
     including the q/k RMSNorm weights and modulation tables (TR5) unless decay_norm_and_modulation is False."""
-    no_decay_modules = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    no_decay_modules = {
+        id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)
+    }
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -118,12 +139,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ DeepSpeed
 
+
 class DeepSpeedEngine:
     """ZeRO-2 (or whatever the `deepspeed:` block says) with DeepSpeed's own optimizer and checkpoint files."""
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, ds_config: dict, settings: OptimSettings, lr_lambda, decay_norm_and_modulation: bool):
+    def __init__(
+        self, model: nn.Module, ds_config: dict, settings: OptimSettings, lr_lambda, decay_norm_and_modulation: bool
+    ):
         import deepspeed
 
         self.settings = settings
@@ -132,8 +156,11 @@ class DeepSpeedEngine:
         config.setdefault("train_micro_batch_size_per_gpu", settings.micro_batch)
         config.setdefault("gradient_accumulation_steps", settings.accumulation)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=groups, config=config,
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda))
+            model=model,
+            model_parameters=groups,
+            config=config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda),
+        )
         self.module = self.engine
 
     @property
@@ -169,13 +196,22 @@ class DeepSpeedEngine:
 
 # ------------------------------------------------------------------------------------------------ FSDP2
 
+
 class FSDP2Engine:
     """fully_shard per transformer block plus the root, on a 1-D data-parallel mesh; torch AdamW; DCP state."""
 
     name = "fsdp2"
 
-    def __init__(self, model: nn.Module, settings: OptimSettings, lr_lambda, decay_norm_and_modulation: bool,
-                 device: torch.device, reshard_after_forward: bool = True, reduce_dtype: str = "float32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: OptimSettings,
+        lr_lambda,
+        decay_norm_and_modulation: bool,
+        device: torch.device,
+        reshard_after_forward: bool = True,
+        reduce_dtype: str = "float32",
+    ):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -184,7 +220,9 @@ class FSDP2Engine:
         world = dist.get_world_size()
         mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
         reduce = {"float32": torch.float32, "bfloat16": torch.bfloat16}[reduce_dtype]
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if settings.bf16 else torch.float32, reduce_dtype=reduce)
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if settings.bf16 else torch.float32, reduce_dtype=reduce
+        )
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
@@ -209,7 +247,9 @@ class FSDP2Engine:
         lr = self.scheduler.get_last_lr()[0]
         boundary = self.micro_step % self.settings.accumulation == 0
         # Gradients are reduced across ranks only in the last backward of each accumulation window.
-        self.model.set_requires_gradient_sync(self.settings.accumulation == 1 or (self.micro_step + 1) % self.settings.accumulation == 0)
+        self.model.set_requires_gradient_sync(
+            self.settings.accumulation == 1 or (self.micro_step + 1) % self.settings.accumulation == 0
+        )
         if not boundary:
             return StepResult(math.nan, lr)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -235,8 +275,10 @@ class FSDP2Engine:
 
         dcp.save(self._state(), checkpoint_id=str(folder))
         if dist.get_rank() == 0:
-            torch.save({**client_state, "scheduler": self.scheduler.state_dict(), "engine_micro_step": self.micro_step},
-                       f"{folder}/engine_state.pt")
+            torch.save(
+                {**client_state, "scheduler": self.scheduler.state_dict(), "engine_micro_step": self.micro_step},
+                f"{folder}/engine_state.pt",
+            )
 
     def load_state(self, folder) -> dict:
         import torch.distributed.checkpoint as dcp

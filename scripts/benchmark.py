@@ -23,6 +23,7 @@ writes a checkpoint of the config's exact shapes (bf16 zeros) to `--checkpoint`:
 to disk, so writing a 28.6 GB file needs no 28.6 GB of RAM. The measurement runs in a fresh subprocess so that its
 peak RSS is that of the load alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,22 @@ def synthesize(config_file: str | Path, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        blob = torch.from_file(str(Path(scratch) / "blob.bin"), shared=True, size=total, dtype=torch.bfloat16)  # sparse file
+        blob = torch.from_file(
+            str(Path(scratch) / "blob.bin"), shared=True, size=total, dtype=torch.bfloat16
+        )  # sparse file
         module, offset = {}, 0
         for key, tensor in sat.items():
-            module[SAT_PREFIX + key] = blob[offset:offset + tensor.numel()].view(tensor.shape)
+            module[SAT_PREFIX + key] = blob[offset : offset + tensor.numel()].view(tensor.shape)
             offset += tensor.numel()
         (folder / "1").mkdir(exist_ok=True)
         torch.save({"module": module, "iteration": 1}, folder / "1" / SAT_MODEL_FILE)
     (folder / "latest").write_text("1")
-    return {"keys": len(module), "parameters": total, "bytes": 2 * total, "write_s": round(time.perf_counter() - started, 1)}
+    return {
+        "keys": len(module),
+        "parameters": total,
+        "bytes": 2 * total,
+        "write_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def measure_load(config_file: str | Path, checkpoint: str | Path, device: str, mmap_shared: bool = False) -> dict:
@@ -106,11 +114,15 @@ def measure_load(config_file: str | Path, checkpoint: str | Path, device: str, m
         load_dit_into(network, checkpoint)
     loaded = time.perf_counter()
     after_load = memory_status()
-    result = {"build_meta_s": round(built - started, 3), "load_s": round(loaded - built, 3), "memory_gib_before": before,
-              "memory_gib_after_load": after_load,
-              "parameters": sum(p.numel() for p in network.parameters()),
-              "dtypes": sorted({str(p.dtype) for p in network.parameters()}),
-              "on_meta": sum(p.is_meta for p in network.parameters())}
+    result = {
+        "build_meta_s": round(built - started, 3),
+        "load_s": round(loaded - built, 3),
+        "memory_gib_before": before,
+        "memory_gib_after_load": after_load,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "dtypes": sorted({str(p.dtype) for p in network.parameters()}),
+        "on_meta": sum(p.is_meta for p in network.parameters()),
+    }
     # Read every weight once (what a move to the GPU does): the pages come from the file, no anonymous copy.
     touched = time.perf_counter()
     nonzero = sum(int(torch.count_nonzero(p)) for p in network.parameters())
@@ -126,15 +138,28 @@ def measure_load(config_file: str | Path, checkpoint: str | Path, device: str, m
     return result
 
 
-
 # ------------------------------------------------------------------------------------------- timing helpers
 
 SIZES = {
     # DiT width, heads, FFN, text_dim, layers for `block`/`step`, latent (frames, h, w) of the video
-    "real": {"hidden_size": 5120, "num_attention_heads": 40, "inner_hidden_size": 13824, "text_dim": 4096,
-             "layers": 40, "latent": (21, 64, 112), "text_tokens": 512},
-    "tiny": {"hidden_size": 64, "num_attention_heads": 2, "inner_hidden_size": 160, "text_dim": 32,
-             "layers": 2, "latent": (4, 16, 32), "text_tokens": 512},
+    "real": {
+        "hidden_size": 5120,
+        "num_attention_heads": 40,
+        "inner_hidden_size": 13824,
+        "text_dim": 4096,
+        "layers": 40,
+        "latent": (21, 64, 112),
+        "text_tokens": 512,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 2,
+        "inner_hidden_size": 160,
+        "text_dim": 32,
+        "layers": 2,
+        "latent": (4, 16, 32),
+        "text_tokens": 512,
+    },
 }
 
 
@@ -159,8 +184,14 @@ def time_runs(fn, device: torch.device, warmup: int, repeats: int) -> dict:
         times.append(time.perf_counter() - started)
     times.sort()
     q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
-    return {"median_s": statistics.median(times), "min_s": times[0], "max_s": times[-1], "iqr_s": q3 - q1,
-            "repeats": repeats, "warmup": warmup}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": times[0],
+        "max_s": times[-1],
+        "iqr_s": q3 - q1,
+        "repeats": repeats,
+        "warmup": warmup,
+    }
 
 
 def attention_kernels(fn, device: torch.device) -> list[str]:
@@ -197,9 +228,14 @@ def random_dit(size: str, layers: int, device: torch.device, dtype: torch.dtype,
     """A DiT of the given size with random weights made on the device (no host copy of 14B parameters)."""
     spec = SIZES[size]
     with torch.device("meta"):
-        model = KaleidoDiT(hidden_size=spec["hidden_size"], num_layers=layers, num_attention_heads=spec["num_attention_heads"],
-                           inner_hidden_size=spec["inner_hidden_size"], text_dim=spec["text_dim"],
-                           dtype=str(dtype).removeprefix("torch."))
+        model = KaleidoDiT(
+            hidden_size=spec["hidden_size"],
+            num_layers=layers,
+            num_attention_heads=spec["num_attention_heads"],
+            inner_hidden_size=spec["inner_hidden_size"],
+            text_dim=spec["text_dim"],
+            dtype=str(dtype).removeprefix("torch."),
+        )
     model = model.to_empty(device=device)  # allocated in the final dtype: no fp32 copy of 14B parameters
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
@@ -261,12 +297,25 @@ def dit_benchmark(args) -> dict:
     timing = time_runs(ours, device, args.warmup, args.repeats)
     frames, h, w = spec["latent"]
     sequence = (frames + args.refs) * (h // 2) * (w // 2)
-    flops = forwards * dit_flops(sequence, layers, spec["hidden_size"], spec["inner_hidden_size"], spec["text_tokens"]).total
-    record = {"layers": layers, "refs": args.refs, "tokens": sequence, "dtype": str(dtype).removeprefix("torch."),
-              "cfg": args.cfg if args.mode == "step" else None, "compile": args.compile,
-              "attention_backend": args.attention_backend, "timing": timing, "model_tflop": flops / 1e12,
-              "tflops_per_s": flops / timing["median_s"] / 1e12, "mfu": mfu(flops, timing["median_s"]),
-              "sdpa_kernels": attention_kernels(ours, device), **peak_memory(device)}
+    flops = (
+        forwards
+        * dit_flops(sequence, layers, spec["hidden_size"], spec["inner_hidden_size"], spec["text_tokens"]).total
+    )
+    record = {
+        "layers": layers,
+        "refs": args.refs,
+        "tokens": sequence,
+        "dtype": str(dtype).removeprefix("torch."),
+        "cfg": args.cfg if args.mode == "step" else None,
+        "compile": args.compile,
+        "attention_backend": args.attention_backend,
+        "timing": timing,
+        "model_tflop": flops / 1e12,
+        "tflops_per_s": flops / timing["median_s"] / 1e12,
+        "mfu": mfu(flops, timing["median_s"]),
+        "sdpa_kernels": attention_kernels(ours, device),
+        **peak_memory(device),
+    }
     if args.mode == "step":
         record["projected_50_steps_s"] = 50 * timing["median_s"]
     if exact is not None:
@@ -278,13 +327,18 @@ def dit_benchmark(args) -> dict:
 
         def baseline():
             with torch.no_grad():
-                outputs = [reference(x, t, context, references) for _ in range(2 if args.mode == "step" and args.cfg == "sequential" else 1)]
+                outputs = [
+                    reference(x, t, context, references)
+                    for _ in range(2 if args.mode == "step" and args.cfg == "sequential" else 1)
+                ]
             return outputs[-1]
 
         record["reference_timing"] = time_runs(baseline, device, args.warmup, args.repeats)
         record["speedup_vs_reference"] = record["reference_timing"]["median_s"] / timing["median_s"]
         out = ours()
-        record["relative_difference_vs_reference"] = relative_difference(out[-1] if isinstance(out, list) else out, baseline())
+        record["relative_difference_vs_reference"] = relative_difference(
+            out[-1] if isinstance(out, list) else out, baseline()
+        )
     return record
 
 
@@ -301,8 +355,13 @@ def vae_benchmark(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_runs(lambda: vae.decode(latents), device, args.warmup, args.repeats)
-    return {"latent": [frames, h, w], "video_frames": 4 * (frames - 1) + 1, "dtype": dtype, "timing": timing,
-            **peak_memory(device)}
+    return {
+        "latent": [frames, h, w],
+        "video_frames": 4 * (frames - 1) + 1,
+        "dtype": dtype,
+        "timing": timing,
+        **peak_memory(device),
+    }
 
 
 def text_benchmark(args) -> dict:
@@ -310,8 +369,11 @@ def text_benchmark(args) -> dict:
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    sizes = ({"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64, "num_layers": 24}
-             if args.size == "real" else {"vocab_size": 128, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 2})
+    sizes = (
+        {"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64, "num_layers": 24}
+        if args.size == "real"
+        else {"vocab_size": 128, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 2}
+    )
     with torch.device("meta"):
         encoder = UMT5Encoder(**sizes).to(dtype)
     encoder = encoder.to_empty(device=device).eval()  # allocated in the final dtype: no fp32 copy first
@@ -328,8 +390,14 @@ def text_benchmark(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_runs(encode, device, args.warmup, args.repeats)
-    return {"sizes": sizes, "prompts": 2, "tokens": 512, "dtype": str(dtype).removeprefix("torch."), "timing": timing,
-            **peak_memory(device)}
+    return {
+        "sizes": sizes,
+        "prompts": 2,
+        "tokens": 512,
+        "dtype": str(dtype).removeprefix("torch."),
+        "timing": timing,
+        **peak_memory(device),
+    }
 
 
 def e2e_tiny_benchmark(args) -> dict:
@@ -338,9 +406,13 @@ def e2e_tiny_benchmark(args) -> dict:
     from kaleido.pipeline import SampleArgs, build_engine, run
     from sat.config import load_config, parse_args
 
-    config = load_config([str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")],
-                         [f"args.input_file={REPO / 'examples/prompts.txt'}",
-                          f"model.conditioner_config.params.tokenizer_path={REPO / 'examples/tiny_umt5_tokenizer'}"])
+    config = load_config(
+        [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")],
+        [
+            f"args.input_file={REPO / 'examples/prompts.txt'}",
+            f"model.conditioner_config.params.tokenizer_path={REPO / 'examples/tiny_umt5_tokenizer'}",
+        ],
+    )
     sample_args = parse_args(SampleArgs, config)
     engine = build_engine(sample_args, config)
     engine.sampler.progress = False
@@ -350,11 +422,18 @@ def e2e_tiny_benchmark(args) -> dict:
         with tempfile.TemporaryDirectory() as out:
             sample_args.output_dir, sample_args.overwrite = out, True
             timing = time_runs(lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats)
-            record = {"prompts": 3, "steps": engine.sampler.num_steps, "size": sample_args.sampling_image_size,
-                      "latent_frames": sample_args.sampling_num_frames, "timing": timing}
+            record = {
+                "prompts": 3,
+                "steps": engine.sampler.num_steps,
+                "size": sample_args.sampling_image_size,
+                "latent_frames": sample_args.sampling_num_frames,
+                "timing": timing,
+            }
             if args.compare:
                 engine.network = ReferenceDiT(engine.network)
-                record["reference_timing"] = time_runs(lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats)
+                record["reference_timing"] = time_runs(
+                    lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats
+                )
                 record["speedup_vs_reference"] = record["reference_timing"]["median_s"] / timing["median_s"]
     finally:
         os.chdir(cwd)
@@ -370,10 +449,20 @@ def diffusers_tiny_benchmark(args) -> dict:
     device = torch.device("cpu")
     model = random_dit("tiny", SIZES["tiny"]["layers"], device, torch.float32)
     spec = SIZES["tiny"]
-    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=spec["num_attention_heads"],
-                                attention_head_dim=spec["hidden_size"] // spec["num_attention_heads"], in_channels=16,
-                                out_channels=16, text_dim=spec["text_dim"], freq_dim=256, ffn_dim=spec["inner_hidden_size"],
-                                num_layers=spec["layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()
+    wan = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=spec["num_attention_heads"],
+        attention_head_dim=spec["hidden_size"] // spec["num_attention_heads"],
+        in_channels=16,
+        out_channels=16,
+        text_dim=spec["text_dim"],
+        freq_dim=256,
+        ffn_dim=spec["inner_hidden_size"],
+        num_layers=spec["layers"],
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+    ).eval()
     wan.load_state_dict(to_layout(model.state_dict(), "diffusers"), strict=True)
     x, t, context, _ = dit_inputs("tiny", 0, 1, device)
 
@@ -385,20 +474,35 @@ def diffusers_tiny_benchmark(args) -> dict:
         with torch.no_grad():
             return wan(x.transpose(1, 2), t, context, return_dict=False)[0].transpose(1, 2)
 
-    mine, other = time_runs(ours, device, args.warmup, args.repeats), time_runs(theirs, device, args.warmup, args.repeats)
-    return {"tokens": spec["latent"][0] * (spec["latent"][1] // 2) * (spec["latent"][2] // 2), "timing": mine,
-            "diffusers_timing": other, "speedup_vs_diffusers": other["median_s"] / mine["median_s"],
-            "relative_difference_vs_diffusers": relative_difference(ours(), theirs())}
+    mine, other = (
+        time_runs(ours, device, args.warmup, args.repeats),
+        time_runs(theirs, device, args.warmup, args.repeats),
+    )
+    return {
+        "tokens": spec["latent"][0] * (spec["latent"][1] // 2) * (spec["latent"][2] // 2),
+        "timing": mine,
+        "diffusers_timing": other,
+        "speedup_vs_diffusers": other["median_s"] / mine["median_s"],
+        "relative_difference_vs_diffusers": relative_difference(ours(), theirs()),
+    }
 
 
 def environment() -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
     if torch.cuda.is_available():
-        info["sdp_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
-                               for name in ("flash", "mem_efficient", "math", "cudnn") if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")}
+        info["sdp_enabled"] = {
+            name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+            for name in ("flash", "mem_efficient", "math", "cudnn")
+            if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")
+        }
     return info
 
 
@@ -418,7 +522,12 @@ def read_records(files: list[Path]) -> list[dict]:
 def describe(record: dict) -> str:
     result, mode = record["result"], record["mode"]
     if mode in ("block", "step"):
-        parts = [f"{result['layers']} layer(s)", f"{result['refs']} refs", f"{result['tokens']} tokens", result["dtype"]]
+        parts = [
+            f"{result['layers']} layer(s)",
+            f"{result['refs']} refs",
+            f"{result['tokens']} tokens",
+            result["dtype"],
+        ]
         if result["cfg"]:
             parts.append(f"CFG {result['cfg']}")
         if result["compile"]:
@@ -434,8 +543,10 @@ def describe(record: dict) -> str:
 def table(records: list[dict]) -> str:
     """A markdown table of benchmark records (MFU only for GPU runs), and the projected 50-step video time where a
     size has a full `step` with 3 references (the fastest CFG mode recorded), a `vae` and a `text` record."""
-    rows = ["| run | median | spread (IQR) | TFLOP/s | MFU | peak memory | attention | vs reference | bf16 error |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | median | spread (IQR) | TFLOP/s | MFU | peak memory | attention | vs reference | bf16 error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for record in records:
         if record["mode"] == "load":
             continue
@@ -443,21 +554,31 @@ def table(records: list[dict]) -> str:
         timing = result["timing"]
         memory = result.get("cuda_peak_allocated_gib", result.get("host_peak_rss_gib"))
         speedup = result.get("speedup_vs_reference", result.get("speedup_vs_diffusers"))
-        cells = [describe(record), f"{timing['median_s'] * 1e3:.1f} ms", f"{timing['iqr_s'] * 1e3:.1f} ms",
-                 f"{result['tflops_per_s']:.3g}" if "tflops_per_s" in result else "",
-                 f"{100 * result['mfu']:.1f} %" if "mfu" in result and record["environment"]["gpu"] else "",
-                 f"{memory:.1f} GiB" if memory is not None else "", ", ".join(result.get("sdpa_kernels", [])),
-                 f"{speedup:.2f}×" if speedup else "",
-                 f"{result['relative_error_vs_fp32']:.1e}" if "relative_error_vs_fp32" in result else ""]
+        cells = [
+            describe(record),
+            f"{timing['median_s'] * 1e3:.1f} ms",
+            f"{timing['iqr_s'] * 1e3:.1f} ms",
+            f"{result['tflops_per_s']:.3g}" if "tflops_per_s" in result else "",
+            f"{100 * result['mfu']:.1f} %" if "mfu" in result and record["environment"]["gpu"] else "",
+            f"{memory:.1f} GiB" if memory is not None else "",
+            ", ".join(result.get("sdpa_kernels", [])),
+            f"{speedup:.2f}×" if speedup else "",
+            f"{result['relative_error_vs_fp32']:.1e}" if "relative_error_vs_fp32" in result else "",
+        ]
         rows.append("| " + " | ".join(cells) + " |")
     lines = ["\n".join(rows)]
     for size in dict.fromkeys(r.get("size") for r in records if r.get("size")):
-        of = {mode: [r["result"] for r in records if r["mode"] == mode and r.get("size") == size] for mode in ("step", "vae", "text")}
+        of = {
+            mode: [r["result"] for r in records if r["mode"] == mode and r.get("size") == size]
+            for mode in ("step", "vae", "text")
+        }
         steps = [r["timing"]["median_s"] for r in of["step"] if r["refs"] == 3 and r["layers"] == SIZES[size]["layers"]]
         if steps and of["vae"] and of["text"]:
             step, vae, text = min(steps), of["vae"][-1]["timing"]["median_s"], of["text"][-1]["timing"]["median_s"]
-            lines.append(f"Projected {size} video with 3 references: 50 × {step:.2f} s (step) + {vae:.2f} s (VAE decode) + "
-                         f"{text:.2f} s (text) = {50 * step + vae + text:.1f} s")
+            lines.append(
+                f"Projected {size} video with 3 references: 50 × {step:.2f} s (step) + {vae:.2f} s (VAE decode) + "
+                f"{text:.2f} s (text) = {50 * step + vae + text:.1f} s"
+            )
     return "\n\n".join(lines)
 
 
@@ -469,13 +590,22 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--config", default=str(DEFAULT_CONFIG), help="model YAML whose network_config is built")
     load.add_argument("--synthesize", action="store_true", help="write a zero checkpoint of the config's shapes first")
     load.add_argument("--device", default="cpu", help="also move the loaded DiT there (e.g. cuda)")
-    load.add_argument("--mmap-shared", action="store_true",
-                      help="map the file shared (hosts whose RAM + swap is smaller than the file; benchmark files only)")
+    load.add_argument(
+        "--mmap-shared",
+        action="store_true",
+        help="map the file shared (hosts whose RAM + swap is smaller than the file; benchmark files only)",
+    )
     load.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     summary = modes.add_parser("table", help="a markdown table of recorded JSON lines")
     summary.add_argument("files", nargs="+", type=Path)
-    runners = {"block": dit_benchmark, "step": dit_benchmark, "vae": vae_benchmark, "text": text_benchmark,
-               "e2e-tiny": e2e_tiny_benchmark, "diffusers-tiny": diffusers_tiny_benchmark}
+    runners = {
+        "block": dit_benchmark,
+        "step": dit_benchmark,
+        "vae": vae_benchmark,
+        "text": text_benchmark,
+        "e2e-tiny": e2e_tiny_benchmark,
+        "diffusers-tiny": diffusers_tiny_benchmark,
+    }
     for name in runners:
         sub = modes.add_parser(name)
         sub.add_argument("--size", choices=("real", "tiny"), default="real" if torch.cuda.is_available() else "tiny")
@@ -488,23 +618,34 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--layers", type=int, help="default: 1 for block, all for step")
             sub.add_argument("--cfg", choices=("batched", "sequential"), default="batched")
             sub.add_argument("--attention-backend", default="auto")
-            sub.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
-                             help="weights and compute (auto: bfloat16 on CUDA, float32 on the CPU)")
+            sub.add_argument(
+                "--dtype",
+                choices=("auto", "bfloat16", "float32"),
+                default="auto",
+                help="weights and compute (auto: bfloat16 on CUDA, float32 on the CPU)",
+            )
             sub.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
         if name in ("block", "step", "e2e-tiny"):
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
     args = parser.parse_args(argv)
     if args.mode in runners:
-        record = {"mode": args.mode, **({"size": args.size} if args.mode in ("block", "step", "vae", "text") else {}),
-                  "environment": environment(), "result": runners[args.mode](args)}
+        record = {
+            "mode": args.mode,
+            **({"size": args.size} if args.mode in ("block", "step", "vae", "text") else {}),
+            "environment": environment(),
+            "result": runners[args.mode](args),
+        }
         line = json.dumps(record)
         print(line)
         result = record["result"]
         for other, key in (("reference implementation", "reference_timing"), ("diffusers", "diffusers_timing")):
             if key in result:
-                print(f"{args.mode}: ours {result['timing']['median_s'] * 1e3:.1f} ms, {other} "
-                      f"{result[key]['median_s'] * 1e3:.1f} ms: "
-                      f"{result[key]['median_s'] / result['timing']['median_s']:.2f}× faster", file=sys.stderr)
+                print(
+                    f"{args.mode}: ours {result['timing']['median_s'] * 1e3:.1f} ms, {other} "
+                    f"{result[key]['median_s'] * 1e3:.1f} ms: "
+                    f"{result[key]['median_s'] / result['timing']['median_s']:.2f}× faster",
+                    file=sys.stderr,
+                )
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a", encoding="utf-8") as f:
@@ -519,13 +660,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config_name = Path(args.config).resolve()
     config_name = config_name.relative_to(REPO) if config_name.is_relative_to(REPO) else config_name
-    record = {"mode": "load", "config": str(config_name), "checkpoint": str(args.checkpoint), "mmap": "shared" if args.mmap_shared else "private",
-              "environment": environment()}
+    record = {
+        "mode": "load",
+        "config": str(config_name),
+        "checkpoint": str(args.checkpoint),
+        "mmap": "shared" if args.mmap_shared else "private",
+        "environment": environment(),
+    }
     if args.synthesize:
         record["synthesized"] = synthesize(args.config, args.checkpoint)
-    child = subprocess.run([sys.executable, __file__, "load", "--child", "--checkpoint", str(args.checkpoint),
-                            "--config", str(args.config), "--device", args.device, *(["--mmap-shared"] if args.mmap_shared else [])],
-                           capture_output=True, text=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "load",
+            "--child",
+            "--checkpoint",
+            str(args.checkpoint),
+            "--config",
+            str(args.config),
+            "--device",
+            args.device,
+            *(["--mmap-shared"] if args.mmap_shared else []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if child.returncode:
         print(child.stderr, file=sys.stderr)
         return child.returncode

@@ -9,15 +9,16 @@ from that description, run with this project's code in float32, and compared. Pr
 name, max abs diff (or max relative diff), tolerance, PASS/FAIL. Exit status 1 if any row fails or a case cannot
 be checked. Tolerances are those of the golden README (float32).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -40,9 +41,21 @@ from sgm.weights import load_state_dict_strict  # noqa: E402
 
 # Golden README tolerances (float32, max abs diff unless marked relative).
 TOLERANCE = {
-    "dit": 2e-5, "rope": 1e-6, "rope_positions": 0.0, "sigmas": 0.0, "timesteps_fed": 1e-4, "toy_sampler": 5e-5,
-    "dit_sampling": 1e-4, "loss_sigma": 1e-6, "loss_tensor": 2e-5, "loss_value_relative": 1e-5, "vae_encode": 5e-6,
-    "vae_decode": 5e-5, "vae_constants": 0.0, "umt5": 5e-6, "umt5_buckets": 0.0,
+    "dit": 2e-5,
+    "rope": 1e-6,
+    "rope_positions": 0.0,
+    "sigmas": 0.0,
+    "timesteps_fed": 1e-4,
+    "toy_sampler": 5e-5,
+    "dit_sampling": 1e-4,
+    "loss_sigma": 1e-6,
+    "loss_tensor": 2e-5,
+    "loss_value_relative": 1e-5,
+    "vae_encode": 5e-6,
+    "vae_decode": 5e-5,
+    "vae_constants": 0.0,
+    "umt5": 5e-6,
+    "umt5_buckets": 0.0,
 }
 
 
@@ -151,7 +164,9 @@ def check_dit(golden: Golden) -> list[Row]:
             if m := re.fullmatch(r"[a-z](\d+)ref_(.+)", name):
                 groups.setdefault(int(m.group(1)), []).append(name)
         for n, names in sorted(groups.items()):
-            captured = capture_intermediates(model, io["x"], io["timesteps"], io["context"], io[f"subjects_{n}ref"] if n else None)
+            captured = capture_intermediates(
+                model, io["x"], io["timesteps"], io["context"], io[f"subjects_{n}ref"] if n else None
+            )
             for name in sorted(names):
                 what = name.split("ref_", 1)[1]
                 if what not in captured:
@@ -169,7 +184,11 @@ def capture_intermediates(model: KaleidoDiT, x, timesteps, context, refs) -> dic
     def output_of(module, name, transform=lambda t: t):
         hooks.append(module.register_forward_hook(lambda mod, args, out: captured.__setitem__(name, transform(out))))
 
-    hooks.append(model.time_embedding.register_forward_hook(lambda mod, args, out: captured.__setitem__("timestep_sinusoid", args[0])))
+    hooks.append(
+        model.time_embedding.register_forward_hook(
+            lambda mod, args, out: captured.__setitem__("timestep_sinusoid", args[0])
+        )
+    )
     output_of(model.time_embedding, "time_embed_out")
     output_of(model.time_projection, "adaln_projection_out")
     output_of(model.text_embedding, "text_embedding_out")
@@ -200,7 +219,11 @@ def check_rope(golden: Golden) -> list[Row]:
         args = entry["args"]
         placement = ReferencePlacement(max_h=args["max_hw"], max_w=args["max_hw"])
         positions = token_positions(args["n_subj"], args["T"], (args["Hh"], args["Ww"]), placement)
-        rows.append(Row("rope", f"{config}_pos_thw", max_diff(positions, data[f"{config}_pos_thw"]), TOLERANCE["rope_positions"]))
+        rows.append(
+            Row(
+                "rope", f"{config}_pos_thw", max_diff(positions, data[f"{config}_pos_thw"]), TOLERANCE["rope_positions"]
+            )
+        )
         for axis, dim in zip("thw", axis_dims(args["head_dim"])):
             name = f"{config}_inv_freq_{axis}"
             rows.append(Row("rope", name, max_diff(inverse_frequencies(dim), data[name]), TOLERANCE["rope"]))
@@ -216,19 +239,33 @@ def check_rope(golden: Golden) -> list[Row]:
 def toy_network(x, timesteps, context, references):
     """The documented golden toy velocity (manifest sampler.loop.toy_network)."""
     per_sample = lambda v: v[:, None, None, None, None]
-    return -0.9 * x + 0.25 * per_sample(timesteps / 1000) + per_sample(context.mean(dim=(1, 2))) + 0.5 * references.mean(1, keepdim=True)
+    return (
+        -0.9 * x
+        + 0.25 * per_sample(timesteps / 1000)
+        + per_sample(context.mean(dim=(1, 2)))
+        + 0.5 * references.mean(1, keepdim=True)
+    )
 
 
 def sampler_from_official(params: dict) -> RFEulerSampler:
     guider = params.get("guider_config", {}).get("params", {})
-    return RFEulerSampler(num_steps=params["num_steps"], shift=float(params.get("shift_scale", 7.0)),
-                          guider=VanillaCFG(float(guider.get("scale", 6.0))), progress=False)
+    return RFEulerSampler(
+        num_steps=params["num_steps"],
+        shift=float(params.get("shift_scale", 7.0)),
+        guider=VanillaCFG(float(guider.get("scale", 6.0))),
+        progress=False,
+    )
 
 
 def run_sampler(sampler, network, noise, cond_context, uncond_context, references):
     trajectory = []
-    out = sampler(rf_denoiser(network), noise, {"context": cond_context, "references": references},
-                  {"context": uncond_context, "references": references}, callback=lambda i, x: trajectory.append(x))
+    out = sampler(
+        rf_denoiser(network),
+        noise,
+        {"context": cond_context, "references": references},
+        {"context": uncond_context, "references": references},
+        callback=lambda i, x: trajectory.append(x),
+    )
     return out, torch.stack(trajectory)
 
 
@@ -242,7 +279,14 @@ def check_sampler(golden: Golden) -> list[Row]:
             sigmas = samplers[int(m.group(1))].sigmas()
             rows.append(Row("sampler", name, max_diff(sigmas, data[name]), TOLERANCE["sigmas"]))
         elif m := re.fullmatch(r"timesteps_fed_(\d+)", name):
-            rows.append(Row("sampler", name, max_diff(samplers[int(m.group(1))].sigmas()[:-1] * 1000, data[name]), TOLERANCE["timesteps_fed"]))
+            rows.append(
+                Row(
+                    "sampler",
+                    name,
+                    max_diff(samplers[int(m.group(1))].sigmas()[:-1] * 1000, data[name]),
+                    TOLERANCE["timesteps_fed"],
+                )
+            )
     dit = None
     for prefix, tolerance in (("toy", TOLERANCE["toy_sampler"]), ("dit", TOLERANCE["dit_sampling"])):
         if f"{prefix}_noise" not in data:
@@ -259,8 +303,14 @@ def check_sampler(golden: Golden) -> list[Row]:
             if m.group(2):
                 uncond = uncond[:, : int(m.group(2))]
             with torch.no_grad():
-                out, trajectory = run_sampler(samplers[steps], network, data[f"{prefix}_noise"], data[f"{prefix}_cond_crossattn"],
-                                              uncond, data[f"{prefix}_concat_subjects"])
+                out, trajectory = run_sampler(
+                    samplers[steps],
+                    network,
+                    data[f"{prefix}_noise"],
+                    data[f"{prefix}_cond_crossattn"],
+                    uncond,
+                    data[f"{prefix}_concat_subjects"],
+                )
             rows.append(Row("sampler", name, max_diff(out, data[name]), tolerance))
             traj_name = f"{prefix}_traj_{steps}"
             if not m.group(2) and traj_name in data:
@@ -273,23 +323,58 @@ def check_loss(golden: Golden) -> list[Row]:
     data = golden.case_tensors("loss")
     params = case["config"]["params"]
     sigma_params = params.get("sigma_sampler_config", {}).get("params", {})
-    loss = RFLoss(p_mean=sigma_params.get("p_mean", 0.0), p_std=sigma_params.get("p_std", 1.0),
-                  schedule_shift=params.get("schedule_shift", True))
-    rows = [Row("loss", "map_sigma_raw", max_diff(torch.sigmoid(data["map_z"]), data["map_sigma_raw"]), TOLERANCE["loss_sigma"])]
+    loss = RFLoss(
+        p_mean=sigma_params.get("p_mean", 0.0),
+        p_std=sigma_params.get("p_std", 1.0),
+        schedule_shift=params.get("schedule_shift", True),
+    )
+    rows = [
+        Row(
+            "loss",
+            "map_sigma_raw",
+            max_diff(torch.sigmoid(data["map_z"]), data["map_sigma_raw"]),
+            TOLERANCE["loss_sigma"],
+        )
+    ]
     for shape, entry in case["shift_mu_by_shape"].items():
         name = f"map_sigma_shifted_{shape}"
         shifted = shift_sigma_exp(data["map_sigma_raw"], resolution_shift_mu(*entry["latent_hw"]))
         rows.append(Row("loss", name, max_diff(shifted, data[name]), TOLERANCE["loss_sigma"]))
     model = build_golden_dit(golden)
     with torch.no_grad():
-        out = loss(model, data["x0"], {"context": data["crossattn"], "references": data["concat_subjects"]},
-                   sigma_raw=data["sigma_raw"], noise=data["noise"])
-    compare = [("sigma", out["sigma"], "loss_sigma"), ("timesteps_fed", out["sigma"] * 1000, "timesteps_fed"),
-               ("noised_input", out["noised_input"], "loss_tensor"), ("model_output", out["prediction"], "loss_tensor"),
-               ("target", out["target"], "loss_tensor")]
+        out = loss(
+            model,
+            data["x0"],
+            {"context": data["crossattn"], "references": data["concat_subjects"]},
+            sigma_raw=data["sigma_raw"],
+            noise=data["noise"],
+        )
+    compare = [
+        ("sigma", out["sigma"], "loss_sigma"),
+        ("timesteps_fed", out["sigma"] * 1000, "timesteps_fed"),
+        ("noised_input", out["noised_input"], "loss_tensor"),
+        ("model_output", out["prediction"], "loss_tensor"),
+        ("target", out["target"], "loss_tensor"),
+    ]
     rows += [Row("loss", name, max_diff(value, data[name]), TOLERANCE[kind]) for name, value, kind in compare]
-    rows.append(Row("loss", "loss_per_sample", max_relative_diff(out["loss"], data["loss_per_sample"]), TOLERANCE["loss_value_relative"], relative=True))
-    rows.append(Row("loss", "loss_mean", max_relative_diff(out["loss"].mean(), data["loss_mean"]), TOLERANCE["loss_value_relative"], relative=True))
+    rows.append(
+        Row(
+            "loss",
+            "loss_per_sample",
+            max_relative_diff(out["loss"], data["loss_per_sample"]),
+            TOLERANCE["loss_value_relative"],
+            relative=True,
+        )
+    )
+    rows.append(
+        Row(
+            "loss",
+            "loss_mean",
+            max_relative_diff(out["loss"].mean(), data["loss_mean"]),
+            TOLERANCE["loss_value_relative"],
+            relative=True,
+        )
+    )
     return rows
 
 
@@ -309,7 +394,9 @@ def check_vae(golden: Golden) -> list[Row]:
             ("latent_mean", torch.tensor(WAN_LATENT_MEAN), "vae_constants"),
             ("latent_std", torch.tensor(WAN_LATENT_STD), "vae_constants"),
         ]
-    return [Row("vae", name, max_diff(value, data[name]), TOLERANCE[kind]) for name, value, kind in results if name in data]
+    return [
+        Row("vae", name, max_diff(value, data[name]), TOLERANCE[kind]) for name, value, kind in results if name in data
+    ]
 
 
 def check_umt5(golden: Golden) -> list[Row]:
@@ -317,8 +404,15 @@ def check_umt5(golden: Golden) -> list[Row]:
     args = case["constructor_args"]
     if args.get("shared_pos", False):
         raise ValueError("umt5 case: shared_pos=True (plain T5) is not the umT5 encoder this project implements")
-    encoder = UMT5Encoder(vocab_size=args["vocab_size"], dim=args["dim"], dim_attn=args["dim_attn"], dim_ffn=args["dim_ffn"],
-                          num_heads=args["num_heads"], num_layers=args["encoder_layers"], num_buckets=args["num_buckets"]).eval()
+    encoder = UMT5Encoder(
+        vocab_size=args["vocab_size"],
+        dim=args["dim"],
+        dim_attn=args["dim_attn"],
+        dim_ffn=args["dim_ffn"],
+        num_heads=args["num_heads"],
+        num_layers=args["encoder_layers"],
+        num_buckets=args["num_buckets"],
+    ).eval()
     encoder.load_state_dict(golden.case_tensors("umt5", weights=True), strict=True)
     data = golden.case_tensors("umt5")
     with torch.no_grad():
@@ -326,15 +420,35 @@ def check_umt5(golden: Golden) -> list[Row]:
         length = data["layer0_pos_bias"].shape[-1]
         rows = [
             Row("umt5", "hidden", max_diff(hidden, data["hidden"]), TOLERANCE["umt5"]),
-            Row("umt5", "context_kaleido", max_diff(hidden * data["mask"][..., None], data["context_kaleido"]), TOLERANCE["umt5"]),
-            Row("umt5", "rel_bucket", max_diff(relative_position_bucket(data["rel_pos"], args["num_buckets"]), data["rel_bucket"]), TOLERANCE["umt5_buckets"]),
-            Row("umt5", "layer0_pos_bias", max_diff(encoder.blocks[0].pos_embedding(length, length), data["layer0_pos_bias"]), TOLERANCE["umt5"]),
+            Row(
+                "umt5",
+                "context_kaleido",
+                max_diff(hidden * data["mask"][..., None], data["context_kaleido"]),
+                TOLERANCE["umt5"],
+            ),
+            Row(
+                "umt5",
+                "rel_bucket",
+                max_diff(relative_position_bucket(data["rel_pos"], args["num_buckets"]), data["rel_bucket"]),
+                TOLERANCE["umt5_buckets"],
+            ),
+            Row(
+                "umt5",
+                "layer0_pos_bias",
+                max_diff(encoder.blocks[0].pos_embedding(length, length), data["layer0_pos_bias"]),
+                TOLERANCE["umt5"],
+            ),
         ]
     return rows
 
 
 CHECKS: dict[str, Callable[[Golden], list[Row]]] = {
-    "dit": check_dit, "rope": check_rope, "sampler": check_sampler, "loss": check_loss, "vae": check_vae, "umt5": check_umt5,
+    "dit": check_dit,
+    "rope": check_rope,
+    "sampler": check_sampler,
+    "loss": check_loss,
+    "vae": check_vae,
+    "umt5": check_umt5,
 }
 
 
@@ -369,7 +483,9 @@ def format_rows(rows: list[Row]) -> str:
     for r in rows:
         kind = " (rel)" if r.relative else ""
         note = f"  {r.note}" if r.note else ""
-        lines.append(f"{r.case + '/' + r.name:<{width}}  {r.diff:>10.3e}  {r.tolerance:>9.1e}  {'PASS' if r.passed else 'FAIL'}{kind}{note}")
+        lines.append(
+            f"{r.case + '/' + r.name:<{width}}  {r.diff:>10.3e}  {r.tolerance:>9.1e}  {'PASS' if r.passed else 'FAIL'}{kind}{note}"
+        )
     failed = sum(not r.passed for r in rows)
     lines.append(f"{len(rows) - failed}/{len(rows)} passed" + (f", {failed} FAILED" if failed else ""))
     return "\n".join(lines)

@@ -7,6 +7,7 @@
 
 Nothing is written on error (exit status 2, one line `error: <path>: ...`); an existing output needs --overwrite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido import convert
-from sgm.weights import group_key
+from kaleido import convert  # noqa: E402 (after the sys.path line)
+from sgm.weights import group_key  # noqa: E402 (after the sys.path line)
 
 DEFAULT_CONFIG = "configs/video_model/dit_crossattn_14B_wanvae.yaml"
 
@@ -48,20 +49,27 @@ def format_report(report: dict) -> str:
     if report.get("error"):
         return f"{title}{report['path']}: unreadable: {report['error']}"
     if report.get("part") == "tokenizer":
-        return f"{title}{report['path']}: " + ("absent (no tokenizer files)" if report["absent"] else ", ".join(report["files"]))
+        return f"{title}{report['path']}: " + (
+            "absent (no tokenizer files)" if report["absent"] else ", ".join(report["files"])
+        )
     if report.get("absent"):
         return f"{title}absent ({report['path']} not found)"
-    lines = [f"{title}{report['path']}", f"  format: {report['format']}" +
-             (f", iteration {report['iteration']}" if "iteration" in report else ""),
-             f"  kind: {report['kind']}" + (f", layout {report['layout']}" if "layout" in report else ""),
-             f"  keys: {report['keys']:,}", f"  parameters: {report['parameters']:,}",
-             "  dtypes: " + ", ".join(f"{k} × {v}" for k, v in report["dtypes"].items()),
-             f"  looks like: {report['looks_like']}"]
+    lines = [
+        f"{title}{report['path']}",
+        f"  format: {report['format']}" + (f", iteration {report['iteration']}" if "iteration" in report else ""),
+        f"  kind: {report['kind']}" + (f", layout {report['layout']}" if "layout" in report else ""),
+        f"  keys: {report['keys']:,}",
+        f"  parameters: {report['parameters']:,}",
+        "  dtypes: " + ", ".join(f"{k} × {v}" for k, v in report["dtypes"].items()),
+        f"  looks like: {report['looks_like']}",
+    ]
     if report.get("ignored_other_components"):
         lines.append(f"  ignored: {report['ignored_other_components']} tensors of other components (conditioner.*)")
     if "matches" in report:
         against = f"the DiT of {report['config']}" if report["kind"] == "DiT" else "the module these sizes build"
-        lines.append(f"  vs {against}: " + ("matches (same keys and shapes)" if report["matches"] else "does not match"))
+        lines.append(
+            f"  vs {against}: " + ("matches (same keys and shapes)" if report["matches"] else "does not match")
+        )
         if report.get("architecture_differences"):
             lines.append(f"    {report['architecture_differences']}")
         lines += [f"    {line}" for line in report.get("problems", "").splitlines()]
@@ -74,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     wan2sat = commands.add_parser("wan2sat", help="Wan2.1 (or diffusers) DiT safetensors -> SAT directory")
     wan2sat.add_argument("--iteration", default="1", help="iteration folder and `latest` content (default 1)")
     sat2wan = commands.add_parser("sat2wan", help="any DiT checkpoint -> Wan2.1 sharded safetensors + config.json")
-    sat2wan.add_argument("--max-shard-size", default="10GB", type=size_argument, help="per shard, e.g. 10GB, 5GiB (default 10GB)")
+    sat2wan.add_argument(
+        "--max-shard-size", default="10GB", type=size_argument, help="per shard, e.g. 10GB, 5GiB (default 10GB)"
+    )
     sat2wan.add_argument("--num-heads", type=int, help="config.json num_heads (default hidden size // 128)")
     to_st = commands.add_parser("to-safetensors", help="SAT checkpoint -> one safetensors file (SAT names) + .json")
     for sub in (wan2sat, sat2wan, to_st):
@@ -84,24 +94,38 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
     inspect = commands.add_parser("inspect", help="report keys, sizes, dtypes and the fit to a model config")
     inspect.add_argument("path")
-    inspect.add_argument("--config", default=DEFAULT_CONFIG, help=f"model YAML of the DiT to compare with ({DEFAULT_CONFIG})")
+    inspect.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"model YAML of the DiT to compare with ({DEFAULT_CONFIG})"
+    )
     inspect.add_argument("--json", action="store_true", help="print the reports as JSON")
     for sub in (sat2wan, to_st, inspect):
-        sub.add_argument("--allow-unsafe-pickle", action="store_true", help="full unpickling of torch files (trusted files only)")
+        sub.add_argument(
+            "--allow-unsafe-pickle", action="store_true", help="full unpickling of torch files (trusted files only)"
+        )
     cli = parser.parse_args(argv)
 
     try:
         if cli.command == "wan2sat":
-            report_dropped(convert.wan_to_sat(cli.input, cli.output, cli.iteration, cli.ignore_unused, cli.overwrite),
-                           "tensors outside the T2V DiT")
+            report_dropped(
+                convert.wan_to_sat(cli.input, cli.output, cli.iteration, cli.ignore_unused, cli.overwrite),
+                "tensors outside the T2V DiT",
+            )
             print(f"wrote {cli.output}")
         elif cli.command == "sat2wan":
-            shards = convert.sat_to_wan(cli.input, cli.output, cli.max_shard_size, cli.num_heads, cli.ignore_unused,
-                                        cli.overwrite, cli.allow_unsafe_pickle)
+            shards = convert.sat_to_wan(
+                cli.input,
+                cli.output,
+                cli.max_shard_size,
+                cli.num_heads,
+                cli.ignore_unused,
+                cli.overwrite,
+                cli.allow_unsafe_pickle,
+            )
             print(f"wrote {cli.output} ({len(shards)} shard{'s' if len(shards) > 1 else ''} + config.json)")
         elif cli.command == "to-safetensors":
-            dropped = convert.sat_to_safetensors(cli.input, cli.output, cli.ignore_unused, cli.overwrite,
-                                                 cli.allow_unsafe_pickle)
+            dropped = convert.sat_to_safetensors(
+                cli.input, cli.output, cli.ignore_unused, cli.overwrite, cli.allow_unsafe_pickle
+            )
             report_dropped(dropped, "client-state entries that are not JSON (RNG states)")
             print(f"wrote {cli.output} and {cli.output}.json")
         else:

@@ -8,6 +8,7 @@ first ids, the reference-count histogram and the fps/length range. `--json` writ
 caption, n_refs, frames, fps) plus the skipped ones and the settings. Exit status 0 with at least one usable
 sample, 2 otherwise (a missing or empty folder prints one line `error: ...`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido.data import FRAME_SAMPLING, ScanResult, format_report, scan_dataset
-from kaleido.io import atomic_path
+from kaleido.data import FRAME_SAMPLING, ScanResult, format_report, scan_dataset  # noqa: E402 (after the sys.path line)
+from kaleido.io import atomic_path  # noqa: E402 (after the sys.path line)
 
 
 def index_json(scan: ScanResult) -> dict:
@@ -40,8 +41,7 @@ def index_json(scan: ScanResult) -> dict:
         for s in scan.samples
     ]
     skipped = [{"video": path, "reason": reason} for path, reason in scan.skipped]
-    return {"data_dirs": [str(d) for d in scan.data_dirs], "settings": settings, "samples": samples,
-            "skipped": skipped}
+    return {"data_dirs": [str(d) for d in scan.data_dirs], "settings": settings, "samples": samples, "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scan = scan_dataset(
-            args.data_dirs, video_size=tuple(args.video_size), fps=args.fps, num_frames=args.num_frames,
-            skip_frames=args.skip_frames, max_subjects=args.max_subjects, frame_sampling=args.frame_sampling,
-            reference_pattern=args.reference_pattern, min_frames=args.min_frames,
+            args.data_dirs,
+            video_size=tuple(args.video_size),
+            fps=args.fps,
+            num_frames=args.num_frames,
+            skip_frames=args.skip_frames,
+            max_subjects=args.max_subjects,
+            frame_sampling=args.frame_sampling,
+            reference_pattern=args.reference_pattern,
+            min_frames=args.min_frames,
         )
     except ValueError as err:  # DatasetError or a bad setting
         print(f"error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ a tiny training dataset in the official layout.
 Everything is generated deterministically by this script (no downloaded assets), so the repository can
 regenerate its own demo data.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,13 +31,13 @@ def draw_robot(size=(128, 128)) -> Image.Image:
     """A blocky blue toy robot on a light background (RGB)."""
     image = Image.new("RGB", size, (235, 235, 225))
     draw = ImageDraw.Draw(image)
-    draw.rectangle((44, 20, 84, 52), fill=(60, 90, 200))          # head
-    draw.rectangle((52, 30, 60, 38), fill=(255, 230, 0))          # eyes
+    draw.rectangle((44, 20, 84, 52), fill=(60, 90, 200))  # head
+    draw.rectangle((52, 30, 60, 38), fill=(255, 230, 0))  # eyes
     draw.rectangle((68, 30, 76, 38), fill=(255, 230, 0))
-    draw.rectangle((36, 56, 92, 100), fill=(40, 70, 170))         # body
-    draw.rectangle((20, 60, 34, 92), fill=(60, 90, 200))          # arms
+    draw.rectangle((36, 56, 92, 100), fill=(40, 70, 170))  # body
+    draw.rectangle((20, 60, 34, 92), fill=(60, 90, 200))  # arms
     draw.rectangle((94, 60, 108, 92), fill=(60, 90, 200))
-    draw.rectangle((42, 102, 58, 124), fill=(30, 30, 30))         # legs
+    draw.rectangle((42, 102, 58, 124), fill=(30, 30, 30))  # legs
     draw.rectangle((70, 102, 86, 124), fill=(30, 30, 30))
     return image
 

@@ -5,6 +5,7 @@ Its habits are those of the reference code: RoPE as complex float64 multiplicati
 modulation and norms in fp32 with casts around every projection, attention on contiguous (B, heads, L, d) copies.
 Released R-RoPE flags only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(B, L, heads, d) inputs copied to contiguous (B, heads, L, d), as the reference code lays them out."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
-                                         v.transpose(1, 2).contiguous())
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+    )
     return out.transpose(1, 2).contiguous()
 
 
@@ -51,9 +53,15 @@ class ReferenceDiT(nn.Module):
         self.model = model
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                references: torch.Tensor | None = None, grid_offset: tuple[int, int] = (0, 0),
-                full_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        references: torch.Tensor | None = None,
+        grid_offset: tuple[int, int] = (0, 0),
+        full_grid: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         if tuple(grid_offset) != (0, 0):
             raise ValueError("the reference implementation has no sequence parallelism")
         m = self.model
@@ -63,14 +71,22 @@ class ReferenceDiT(nn.Module):
         batch, frames, _, height, width = x.shape
         grid = (height // m.patch_size[1], width // m.patch_size[2])
         num_refs = 0 if references is None else references.shape[1]
-        frames_in = x.to(dtype) if not num_refs else torch.cat([references.to(dtype).expand(batch, -1, -1, -1, -1), x.to(dtype)], 1)
-        tokens = F.conv3d(frames_in.transpose(1, 2), m.patch_embedding.weight, m.patch_embedding.bias, stride=m.patch_size)
-        residual = tokens.flatten(2).transpose(1, 2).float()                                    # fp32 stream
+        frames_in = (
+            x.to(dtype)
+            if not num_refs
+            else torch.cat([references.to(dtype).expand(batch, -1, -1, -1, -1), x.to(dtype)], 1)
+        )
+        tokens = F.conv3d(
+            frames_in.transpose(1, 2), m.patch_embedding.weight, m.patch_embedding.bias, stride=m.patch_size
+        )
+        residual = tokens.flatten(2).transpose(1, 2).float()  # fp32 stream
         sinusoid = timestep_sinusoid(timesteps, m.time_freq_dim).float()
         time = m.time_embedding[2](F.silu(m.time_embedding[0](sinusoid.to(dtype)))).float()
         adaln = m.time_projection[1](F.silu(time).to(dtype)).float().unflatten(1, (6, dim))
         ctx = m.text_embedding[2](F.gelu(m.text_embedding[0](context.to(dtype)), approximate="tanh"))
-        frequencies = rope_frequencies(token_positions(num_refs, frames, grid, m.placement).to(x.device), m.head_dim, m.rope_theta)
+        frequencies = rope_frequencies(
+            token_positions(num_refs, frames, grid, m.placement).to(x.device), m.head_dim, m.rope_theta
+        )
         for block in m.blocks:
             shift1, scale1, gate1, shift2, scale2, gate2 = (adaln + block.modulation.float()).chunk(6, dim=1)
             y = F.layer_norm(residual, (dim,), eps=eps) * (1 + scale1) + shift1
@@ -89,7 +105,7 @@ class ReferenceDiT(nn.Module):
             y = F.layer_norm(residual, (dim,), eps=eps) * (1 + scale2) + shift2
             hidden = F.gelu(F.linear(y.to(dtype), block.ffn[0].weight, block.ffn[0].bias), approximate="tanh")
             residual = residual + F.linear(hidden, block.ffn[2].weight, block.ffn[2].bias).float() * gate2
-        video = residual[:, residual.shape[1] - frames * grid[0] * grid[1]:]
+        video = residual[:, residual.shape[1] - frames * grid[0] * grid[1] :]
         shift, scale = (time[:, None, :] + m.head.modulation.float()).chunk(2, dim=1)
         y = F.layer_norm(video, (dim,), eps=eps) * (1 + scale) + shift
         patches = F.linear(y.to(dtype), m.head.linear.weight, m.head.linear.bias)

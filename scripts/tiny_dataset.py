@@ -14,6 +14,7 @@ Per-sample options (dict keys, all optional):
     fps, frames, size (H, W)   override the dataset defaults
     corrupt   True: keep only the first third of the mp4's bytes (no moov atom: unreadable)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,9 @@ def reference_image(seed: int, size: tuple[int, int], rgba: bool) -> Image.Image
     colour = tuple(int(v) for v in rng.integers(0, 256, 3))
     image = Image.new("RGBA" if rgba else "RGB", size, background + ((0,) if rgba else ()))
     draw = ImageDraw.Draw(image)
-    draw.ellipse((width // 6, height // 6, width - width // 6, height - height // 6), fill=colour + ((255,) if rgba else ()))
+    draw.ellipse(
+        (width // 6, height // 6, width - width // 6, height - height // 6), fill=colour + ((255,) if rgba else ())
+    )
     return image
 
 
@@ -71,15 +74,14 @@ def write_tiny_dataset(
     samples = [{} for _ in range(4)] if samples is None else samples
     for folder in ("videos", "labels", "references"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    ref_sizes = [(48, 40), (80, 36), (30, 30)]   # (W, H): taller, wider and square than the 96x64 video
+    ref_sizes = [(48, 40), (80, 36), (30, 30)]  # (W, H): taller, wider and square than the 96x64 video
     for i, options in enumerate(samples):
         sample_id = options.get("id", f"{i:03d}")
         sample_seed = seed * 1000 + i
         n_frames = options.get("frames", frames)
         video = root / "videos" / f"{sample_id}.mp4"
         pixels = video_frames(sample_seed, n_frames, options.get("size", size))
-        iio.imwrite(video, pixels, fps=options.get("fps", fps), codec="libx264", plugin="FFMPEG",
-                    macro_block_size=2)
+        iio.imwrite(video, pixels, fps=options.get("fps", fps), codec="libx264", plugin="FFMPEG", macro_block_size=2)
         if options.get("corrupt", False):
             data = video.read_bytes()
             video.write_bytes(data[: len(data) // 3])

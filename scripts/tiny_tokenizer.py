@@ -6,6 +6,7 @@ Unigram model trained in memory (no protobuf, no network), pad 0, eos 1, unk 2, 
 normalisation, saved as a transformers T5Tokenizer (tokenizer.json + tokenizer_config.json) that
 `AutoTokenizer.from_pretrained(OUT_DIR)` loads. Deterministic: the same files on every run.
 """
+
 from __future__ import annotations
 
 import io

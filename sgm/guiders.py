@@ -1,8 +1,9 @@
 """Classifier-free guidance."""
+
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -66,7 +67,10 @@ class VanillaCFG:
         if batched:
             return self(denoiser(x_in, sigma_in, joint).float())
         batch = x.shape[0]
-        halves = [{k: None if v is None else v[part * batch:(part + 1) * batch] for k, v in joint.items()} for part in (0, 1)]
+        halves = [
+            {k: None if v is None else v[part * batch : (part + 1) * batch] for k, v in joint.items()}
+            for part in (0, 1)
+        ]
         if measure:
             self.memory.start()
         v_uncond = denoiser(x, sigma, halves[0]).float()
@@ -90,11 +94,17 @@ class VanillaCFG:
         """Batch from now on if a second branch's activations fit: 2·peak·(1 + margin) <= available bytes."""
         fits = 2 * activation * (1 + self.memory_margin) <= available
         decision = self.agree(fits) if self.agree is not None else fits
-        log.info("CFG: one forward peaks at %.2f GiB of activations, %.2f GiB available: %s", activation / 2**30,
-                 available / 2**30, "one batch of two from the next step" if decision else "two forwards per step")
+        log.info(
+            "CFG: one forward peaks at %.2f GiB of activations, %.2f GiB available: %s",
+            activation / 2**30,
+            available / 2**30,
+            "one batch of two from the next step" if decision else "two forwards per step",
+        )
         return decision
 
-    def prepare_inputs(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uncond: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def prepare_inputs(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uncond: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Stack [uncond, cond] along the batch for x, σ and every conditioning tensor."""
         joint = {}
         for key, c in cond.items():

@@ -4,9 +4,10 @@
 x_σ = (1 − σ)·x₀ + σ·ε; the network predicts v̂ at time 1000·σ with clean references; the loss is the per-sample
 mean of (v̂ − (ε − x₀))². References never enter the loss: the DiT drops their tokens before its head.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -14,7 +15,9 @@ from sgm.schedules import resolution_shift_mu, shift_sigma_exp
 
 
 class RFLoss:
-    def __init__(self, p_mean: float = 0.0, p_std: float = 1.0, schedule_shift: bool = True, patch: tuple[int, int] = (2, 2)):
+    def __init__(
+        self, p_mean: float = 0.0, p_std: float = 1.0, schedule_shift: bool = True, patch: tuple[int, int] = (2, 2)
+    ):
         self.p_mean = p_mean
         self.p_std = p_std
         self.schedule_shift = schedule_shift
@@ -31,9 +34,15 @@ class RFLoss:
             return sigma_raw
         return shift_sigma_exp(sigma_raw, resolution_shift_mu(latent_height, latent_width, self.patch))
 
-    def __call__(self, network: Callable[..., torch.Tensor], x0: torch.Tensor, cond: dict,
-                 generator: torch.Generator | None = None, sigma_raw: torch.Tensor | None = None,
-                 noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        network: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        cond: dict,
+        generator: torch.Generator | None = None,
+        sigma_raw: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """x0: clean latents (B, T, C, H, W); cond: network keyword inputs (context, references).
 
         `sigma_raw` and `noise` may be given (parity tests, resumable runs); otherwise drawn from `generator`.

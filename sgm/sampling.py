@@ -3,9 +3,10 @@
 x_σ = (1 − σ)·x₀ + σ·ε and the network predicts the velocity v = ε − x₀, so one Euler step from σ_i to σ_{i+1} is
 x ← x + (σ_{i+1} − σ_i)·v. The state stays float32 whatever the network's dtype.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +34,14 @@ class RFEulerSampler:
     official behaviour of always using the configured count (quirk Q16).
     """
 
-    def __init__(self, num_steps: int = 50, shift: float = 7.0, guider: VanillaCFG | None = None,
-                 honour_call_steps: bool = True, progress: bool = True):
+    def __init__(
+        self,
+        num_steps: int = 50,
+        shift: float = 7.0,
+        guider: VanillaCFG | None = None,
+        honour_call_steps: bool = True,
+        progress: bool = True,
+    ):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.num_steps = num_steps
@@ -48,9 +55,16 @@ class RFEulerSampler:
         return sampling_sigmas(steps, self.shift)
 
     @torch.no_grad()
-    def __call__(self, denoiser: Denoiser, noise: torch.Tensor, cond: dict, uncond: dict,
-                 num_steps: int | None = None, callback: Callable[[int, torch.Tensor], None] | None = None,
-                 description: str = "sampling") -> torch.Tensor:
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        noise: torch.Tensor,
+        cond: dict,
+        uncond: dict,
+        num_steps: int | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+        description: str = "sampling",
+    ) -> torch.Tensor:
         """noise: the σ = 1 state (B, ...); cond/uncond: keyword inputs of the network for each CFG branch."""
         x = noise.float()
         sigmas = self.sigmas(num_steps).to(x.device)

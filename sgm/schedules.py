@@ -1,4 +1,5 @@
 """Rectified-flow noise levels: the shift family σ' = s·σ / (1 + (s − 1)·σ) for sampling and training."""
+
 from __future__ import annotations
 
 import math

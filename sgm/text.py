@@ -5,6 +5,7 @@ Pipeline for each prompt (sampling.md §6.1, quirk Q7):
     -> tokenize (pieces + </s>, pad 0 to max_length, truncation keeps max_length-1 pieces + </s>)
     -> umT5 encoder -> hidden * mask: context (B, max_length, dim), rows past each text's length exactly 0.
 """
+
 from __future__ import annotations
 
 import html
@@ -29,12 +30,28 @@ TEXT_CLEAN_MODES = ("auto", "ftfy", "lite")
 # The 22 code points ftfy 6.3's fix_latin_ligatures replaces (Dutch, Afrikaans, Serbo-Croatian digraphs and the
 # Latin typographic ligatures U+FB00-U+FB06).
 LATIN_LIGATURES = {
-    0x0132: "IJ", 0x0133: "ij", 0x0149: "\u02bcn",
-    0x01F1: "DZ", 0x01F2: "Dz", 0x01F3: "dz",
-    0x01C4: "D\u017d", 0x01C5: "D\u017e", 0x01C6: "d\u017e",
-    0x01C7: "LJ", 0x01C8: "Lj", 0x01C9: "lj",
-    0x01CA: "NJ", 0x01CB: "Nj", 0x01CC: "nj",
-    0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "\u017ft", 0xFB06: "st",
+    0x0132: "IJ",
+    0x0133: "ij",
+    0x0149: "\u02bcn",
+    0x01F1: "DZ",
+    0x01F2: "Dz",
+    0x01F3: "dz",
+    0x01C4: "D\u017d",
+    0x01C5: "D\u017e",
+    0x01C6: "d\u017e",
+    0x01C7: "LJ",
+    0x01C8: "Lj",
+    0x01C9: "lj",
+    0x01CA: "NJ",
+    0x01CB: "Nj",
+    0x01CC: "nj",
+    0xFB00: "ff",
+    0xFB01: "fi",
+    0xFB02: "fl",
+    0xFB03: "ffi",
+    0xFB04: "ffl",
+    0xFB05: "\u017ft",
+    0xFB06: "st",
 }
 
 # U+3000 ideographic space -> space; U+FF01-U+FFEF -> their NFKC form where that differs.
@@ -98,8 +115,13 @@ def _fix_segment(text: str, unescape: bool) -> str:
         text = text.translate(LATIN_LIGATURES)
         text = text.translate(CHARACTER_WIDTH)
         text = text.translate(QUOTES)
-        text = (text.replace("\r\n", "\n").replace("\r", "\n")
-                .replace("\u2028", "\n").replace("\u2029", "\n").replace("\u0085", "\n"))
+        text = (
+            text.replace("\r\n", "\n")
+            .replace("\r", "\n")
+            .replace("\u2028", "\n")
+            .replace("\u2029", "\n")
+            .replace("\u0085", "\n")
+        )
         if _SURROGATE_RE.search(text):
             text = _SURROGATE_RE.sub("\ufffd", _SURROGATE_PAIR_RE.sub(_join_surrogates, text))
         text = _ANSI_RE.sub("", text)
@@ -183,7 +205,8 @@ def load_tokenizer(folder: str | Path):
     has_config = (folder / "tokenizer_config.json").is_file()
     if not (has_model and has_config):
         missing = ([] if has_model else ["tokenizer.json or spiece.model"]) + (
-            [] if has_config else ["tokenizer_config.json"])
+            [] if has_config else ["tokenizer_config.json"]
+        )
         found = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(
             f"incomplete tokenizer folder {folder}: missing {' and '.join(missing)} (found: {found or 'nothing'})"
@@ -213,10 +236,23 @@ class UMT5TextEncoder(nn.Module):
     The remaining arguments are the encoder sizes (defaults: umT5-XXL).
     """
 
-    def __init__(self, tokenizer_path: str, weights_path: str | None = None, max_length: int = 512,
-                 dtype: str = "bfloat16", text_clean: str = "auto", trim_to_longest: bool = True,
-                 vocab_size: int = 256384, dim: int = 4096, dim_attn: int = 4096, dim_ffn: int = 10240,
-                 num_heads: int = 64, num_layers: int = 24, num_buckets: int = 32, max_distance: int = 128):
+    def __init__(
+        self,
+        tokenizer_path: str,
+        weights_path: str | None = None,
+        max_length: int = 512,
+        dtype: str = "bfloat16",
+        text_clean: str = "auto",
+        trim_to_longest: bool = True,
+        vocab_size: int = 256384,
+        dim: int = 4096,
+        dim_attn: int = 4096,
+        dim_ffn: int = 10240,
+        num_heads: int = 64,
+        num_layers: int = 24,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+    ):
         super().__init__()
         self.max_length = max_length
         self.weights_path = weights_path
@@ -229,8 +265,16 @@ class UMT5TextEncoder(nn.Module):
                 f"tokenizer in {tokenizer_path} has {len(self.tokenizer)} tokens, more than the encoder's "
                 f"vocab_size {vocab_size}"
             )
-        sizes = dict(vocab_size=vocab_size, dim=dim, dim_attn=dim_attn, dim_ffn=dim_ffn, num_heads=num_heads,
-                     num_layers=num_layers, num_buckets=num_buckets, max_distance=max_distance)
+        sizes = dict(
+            vocab_size=vocab_size,
+            dim=dim,
+            dim_attn=dim_attn,
+            dim_ffn=dim_ffn,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            num_buckets=num_buckets,
+            max_distance=max_distance,
+        )
         if weights_path is None:
             self.encoder = UMT5Encoder(**sizes).to(dtype)
         else:

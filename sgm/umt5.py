@@ -10,6 +10,7 @@ computed too; the caller zeroes them (`sgm.text.UMT5TextEncoder`).
 
 Layouts: ids, mask (B, L); hidden (B, L, dim).
 """
+
 from __future__ import annotations
 
 import math
@@ -135,8 +136,9 @@ def _fp16_clamp(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, dim_attn: int, dim_ffn: int, num_heads: int, num_buckets: int,
-                 max_distance: int, eps: float):
+    def __init__(
+        self, dim: int, dim_attn: int, dim_ffn: int, num_heads: int, num_buckets: int, max_distance: int, eps: float
+    ):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps)
         self.attn = Attention(dim, dim_attn, num_heads)
@@ -156,9 +158,18 @@ class UMT5Encoder(nn.Module):
     and always used in eval mode).
     """
 
-    def __init__(self, vocab_size: int = 256384, dim: int = 4096, dim_attn: int = 4096, dim_ffn: int = 10240,
-                 num_heads: int = 64, num_layers: int = 24, num_buckets: int = 32, max_distance: int = 128,
-                 eps: float = 1e-6):
+    def __init__(
+        self,
+        vocab_size: int = 256384,
+        dim: int = 4096,
+        dim_attn: int = 4096,
+        dim_ffn: int = 10240,
+        num_heads: int = 64,
+        num_layers: int = 24,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        eps: float = 1e-6,
+    ):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(

@@ -1,4 +1,5 @@
 """Small helpers shared by the generic components."""
+
 from __future__ import annotations
 
 import difflib
@@ -56,7 +57,9 @@ def instantiate_from_config(node, path: str = "config", where=lambda path: "conf
         raise InstantiationError(f"{where(path)}: '{path}' must be a mapping with 'target:' and optional 'params:'")
     extra = sorted(set(node) - {"target", "params"})
     if extra:
-        raise InstantiationError(f"{where(f'{path}.{extra[0]}')}: unknown key '{path}.{extra[0]}' (a component has only 'target' and 'params')")
+        raise InstantiationError(
+            f"{where(f'{path}.{extra[0]}')}: unknown key '{path}.{extra[0]}' (a component has only 'target' and 'params')"
+        )
     target = str(node["target"])
     allowed = PROJECT_PACKAGES + tuple(p if p.endswith(".") else p + "." for p in external_targets)
     if not target.startswith(allowed):
@@ -84,7 +87,9 @@ def instantiate_from_config(node, path: str = "config", where=lambda path: "conf
                 if key not in accepted:
                     close = difflib.get_close_matches(str(key), accepted, n=1)
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
-                    raise InstantiationError(f"{where(f'{path}.params.{key}')}: unknown key '{path}.params.{key}' for {target}{hint}")
+                    raise InstantiationError(
+                        f"{where(f'{path}.params.{key}')}: unknown key '{path}.params.{key}' for {target}{hint}"
+                    )
         for key in accepted:
             if parameters[key].default is inspect.Parameter.empty and key not in params:
                 raise InstantiationError(f"{where(f'{path}.params')}: '{path}.params.{key}' is required by {target}")

@@ -12,11 +12,12 @@ dtype (spec A6): with `dtype="float32"` everything is fp32 (Wan2.1 numerics). Wi
 CUDA-autocast semantics of Kaleido are reproduced explicitly, so CPU and GPU compute the same thing: bf16
 weights, every conv casts its input to bf16, RMS norms and SiLU in fp32, residual adds and attention in bf16.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +30,45 @@ CACHE_T = 2  # frames of context each causal conv keeps between chunks (kernel 3
 
 # Per-channel latent statistics of Wan2.1 (identical in Wan2.1, Kaleido and diffusers; spec A5).
 WAN_LATENT_MEAN: tuple[float, ...] = (
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
 )
 WAN_LATENT_STD: tuple[float, ...] = (
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
 )
 
 # Temporal context of one encode/decode call: module -> its cached frames. A `Resample` in upsample3d mode stores
 # None to record that it has seen its first chunk.
-FeatureCache = dict[nn.Module, Optional[torch.Tensor]]
+FeatureCache = dict[nn.Module, torch.Tensor | None]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -75,8 +104,14 @@ class CausalConv3d(nn.Conv3d):
     convs without temporal padding (1×1×1, the downsampling time conv) never use the cache.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
-                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
         self.causal_padding = _triple(padding)  # (p_t, p_h, p_w)
         # A 1-frame chunk without context only meets zero frames except in the last kernel slice, so a 2-D conv
@@ -95,10 +130,23 @@ class CausalConv3d(nn.Conv3d):
             cache[self] = keep.clone()  # clone: do not keep the whole chunk alive through a view
 
         k_t = self.kernel_size[0]
-        if (previous is None and x.shape[2] == 1 and self.single_frame_as_2d and k_t > 1
-                and 2 * p_t == k_t - 1 and self.stride[0] == 1 and self.dilation[0] == 1):
-            out = F.conv2d(x[:, :, 0], self.weight[:, :, -1], self.bias, stride=self.stride[1:],
-                           padding=(p_h, p_w), dilation=self.dilation[1:])
+        if (
+            previous is None
+            and x.shape[2] == 1
+            and self.single_frame_as_2d
+            and k_t > 1
+            and 2 * p_t == k_t - 1
+            and self.stride[0] == 1
+            and self.dilation[0] == 1
+        ):
+            out = F.conv2d(
+                x[:, :, 0],
+                self.weight[:, :, -1],
+                self.bias,
+                stride=self.stride[1:],
+                padding=(p_h, p_w),
+                dilation=self.dilation[1:],
+            )
             return out.unsqueeze(2)
 
         front = 2 * p_t
@@ -126,7 +174,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int = 3):
         super().__init__()
-        self.scale = dim ** 0.5
+        self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +196,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
         super().__init__()
         self.residual = nn.Sequential(
-            RMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
-            RMSNorm(out_dim), nn.SiLU(), nn.Dropout(dropout), CausalConv3d(out_dim, out_dim, 3, padding=1),
+            RMSNorm(in_dim),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
         )
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
@@ -246,8 +299,16 @@ def _run_layers(layers: nn.Module, x: torch.Tensor, cache: FeatureCache) -> torc
 class Encoder3d(nn.Module):
     """(B, 3, T_chunk, H, W) pixels -> (B, z_channels, T_chunk', H/8, W/8) for one causal chunk (spec A3)."""
 
-    def __init__(self, dim: int, z_channels: int, dim_mult: Sequence[int], num_res_blocks: int,
-                 attn_scales: Sequence[float], temporal_downsample: Sequence[bool], dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        z_channels: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temporal_downsample: Sequence[bool],
+        dropout: float,
+    ):
         super().__init__()
         dims = [dim * m for m in (1, *dim_mult)]
         self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
@@ -264,9 +325,13 @@ class Encoder3d(nn.Module):
                 scale /= 2.0
         self.downsamples = nn.ModuleList(blocks)
         out_dim = dims[-1]
-        self.middle = nn.ModuleList([
-            ResidualBlock(out_dim, out_dim, dropout), AttentionBlock(out_dim), ResidualBlock(out_dim, out_dim, dropout),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                ResidualBlock(out_dim, out_dim, dropout),
+                AttentionBlock(out_dim),
+                ResidualBlock(out_dim, out_dim, dropout),
+            ]
+        )
         self.head = nn.Sequential(RMSNorm(out_dim), nn.SiLU(), CausalConv3d(out_dim, z_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
@@ -279,14 +344,26 @@ class Encoder3d(nn.Module):
 class Decoder3d(nn.Module):
     """(B, z_dim, T_chunk, h, w) latents -> (B, 3, T_chunk', 8h, 8w) pixels for one causal chunk (spec A3)."""
 
-    def __init__(self, dim: int, z_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
-                 attn_scales: Sequence[float], temporal_upsample: Sequence[bool], dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temporal_upsample: Sequence[bool],
+        dropout: float,
+    ):
         super().__init__()
         dims = [dim * m for m in (dim_mult[-1], *reversed(dim_mult))]
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
-        self.middle = nn.ModuleList([
-            ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0], dropout),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                ResidualBlock(dims[0], dims[0], dropout),
+                AttentionBlock(dims[0]),
+                ResidualBlock(dims[0], dims[0], dropout),
+            ]
+        )
         blocks: list[nn.Module] = []
         scale = 1.0 / 2 ** (len(dim_mult) - 2)
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
@@ -346,16 +423,28 @@ class WanVAE(nn.Module):
             random initialisation first.
     """
 
-    def __init__(self, dim: int = 96, z_dim: int = 16, dim_mult: Sequence[int] = DEFAULT_DIM_MULT,
-                 num_res_blocks: int = 2, attn_scales: Sequence[float] = (),
-                 temporal_downsample: Sequence[bool] = (False, True, True), dropout: float = 0.0,
-                 dtype: str | torch.dtype = "bfloat16", decode_dtype: str | torch.dtype | None = None,
-                 norm_constants: str | torch.dtype = "bfloat16", norm_math: str | torch.dtype = "float32",
-                 frames_not_4k1: str = "error", weights_path: str | Path | None = None):
+    def __init__(
+        self,
+        dim: int = 96,
+        z_dim: int = 16,
+        dim_mult: Sequence[int] = DEFAULT_DIM_MULT,
+        num_res_blocks: int = 2,
+        attn_scales: Sequence[float] = (),
+        temporal_downsample: Sequence[bool] = (False, True, True),
+        dropout: float = 0.0,
+        dtype: str | torch.dtype = "bfloat16",
+        decode_dtype: str | torch.dtype | None = None,
+        norm_constants: str | torch.dtype = "bfloat16",
+        norm_math: str | torch.dtype = "float32",
+        frames_not_4k1: str = "error",
+        weights_path: str | Path | None = None,
+    ):
         super().__init__()
         if len(temporal_downsample) != len(dim_mult) - 1:
-            raise ValueError(f"temporal_downsample needs len(dim_mult) - 1 = {len(dim_mult) - 1} entries, "
-                             f"got {list(temporal_downsample)}")
+            raise ValueError(
+                f"temporal_downsample needs len(dim_mult) - 1 = {len(dim_mult) - 1} entries, "
+                f"got {list(temporal_downsample)}"
+            )
         if frames_not_4k1 not in ("error", "drop"):
             raise ValueError(f"frames_not_4k1 must be 'error' or 'drop', got {frames_not_4k1!r}")
         self.z_dim = z_dim
@@ -372,12 +461,14 @@ class WanVAE(nn.Module):
         # With weights to load, build without allocating or initialising anything; the file's tensors are assigned.
         build_context = torch.device("meta") if weights_path is not None else contextlib.nullcontext()
         with build_context:
-            self.encoder = Encoder3d(dim, z_dim * 2, dim_mult, num_res_blocks, attn_scales, temporal_downsample,
-                                     dropout)
+            self.encoder = Encoder3d(
+                dim, z_dim * 2, dim_mult, num_res_blocks, attn_scales, temporal_downsample, dropout
+            )
             self.conv1 = CausalConv3d(z_dim * 2, z_dim * 2, 1)  # -> mu | log variance (discarded)
             self.conv2 = CausalConv3d(z_dim, z_dim, 1)
-            self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks, attn_scales,
-                                     list(reversed(temporal_downsample)), dropout)
+            self.decoder = Decoder3d(
+                dim, z_dim, dim_mult, num_res_blocks, attn_scales, list(reversed(temporal_downsample)), dropout
+            )
         self.encoder.to(dtype)
         self.conv1.to(dtype)
         self.conv2.to(decode_dtype)
@@ -399,8 +490,10 @@ class WanVAE(nn.Module):
     def latent_constants(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, inv_std), each (z_dim,) in the `norm_constants` dtype; inv_std = 1/std computed in that dtype."""
         if self.z_dim != len(WAN_LATENT_MEAN):
-            raise ValueError(f"the Wan latent mean/std exist for z_dim={len(WAN_LATENT_MEAN)} only, this VAE has "
-                             f"z_dim={self.z_dim}; use encode(..., normalize=False) / decode(..., normalized=False)")
+            raise ValueError(
+                f"the Wan latent mean/std exist for z_dim={len(WAN_LATENT_MEAN)} only, this VAE has "
+                f"z_dim={self.z_dim}; use encode(..., normalize=False) / decode(..., normalized=False)"
+            )
         mean = torch.tensor(WAN_LATENT_MEAN, dtype=self.norm_constants, device=device)
         inv_std = torch.tensor(WAN_LATENT_STD, dtype=self.norm_constants, device=device).reciprocal()
         return mean, inv_std
@@ -452,8 +545,9 @@ class WanVAE(nn.Module):
         k = self.temporal_factor
         cache: FeatureCache = {}
         # Chunks: frame 0 alone, then k frames at a time (the cache carries the causal context).
-        chunks = [video[:, :, :1]] + [video[:, :, 1 + k * i: 1 + k * (i + 1)]
-                                      for i in range((video.shape[2] - 1) // k)]
+        chunks = [video[:, :, :1]] + [
+            video[:, :, 1 + k * i : 1 + k * (i + 1)] for i in range((video.shape[2] - 1) // k)
+        ]
         out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
         mu = self.conv1(out)[:, : self.z_dim]
         return self.normalize_latents(mu) if normalize else mu.float()
@@ -474,12 +568,12 @@ class WanVAE(nn.Module):
         start = 0
         # One latent frame at a time; each chunk's frames are written into one preallocated fp32 output.
         for i in range(x.shape[2]):
-            frames = self.decoder(x[:, :, i: i + 1], cache)
+            frames = self.decoder(x[:, :, i : i + 1], cache)
             if out is None:
                 b, c, _, h, w = frames.shape
                 total = 1 + self.temporal_factor * (x.shape[2] - 1)
                 out = frames.new_empty((b, c, total, h, w), dtype=torch.float32)
-            out[:, :, start: start + frames.shape[2]] = frames
+            out[:, :, start : start + frames.shape[2]] = frames
             start += frames.shape[2]
         assert start == out.shape[2], f"decoder produced {start} frames, expected {out.shape[2]}"
         return out.clamp_(-1.0, 1.0)

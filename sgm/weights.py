@@ -4,13 +4,14 @@ Torch files are read with `torch.load(weights_only=True)` (no arbitrary unpickli
 in the zip format; `.safetensors` files natively. A strict load reports every missing key, unexpected key and
 shape mismatch by name, grouping keys that differ only by a layer index ("40 × blocks.{i}.ffn.0.weight").
 """
+
 from __future__ import annotations
 
 import re
 import zipfile
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load_file
@@ -23,7 +24,15 @@ class WeightsError(ValueError):
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 # Numeric numpy dtype classes that DeepSpeed's pickled RNG state may name (numpy >= 1.25 pickles the class).
-_NUMPY_DTYPE_CLASSES = ("UInt32DType", "Int32DType", "UInt64DType", "Int64DType", "Float32DType", "Float64DType", "BoolDType")
+_NUMPY_DTYPE_CLASSES = (
+    "UInt32DType",
+    "Int32DType",
+    "UInt64DType",
+    "Int64DType",
+    "Float32DType",
+    "Float64DType",
+    "BoolDType",
+)
 
 
 def numpy_safe_globals() -> list:
@@ -37,8 +46,12 @@ def numpy_safe_globals() -> list:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct
-    allowed = [(_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
-               np.ndarray, np.dtype]
+    allowed = [
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+    ]
     dtypes = getattr(np, "dtypes", None)
     allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPE_CLASSES if hasattr(dtypes, name)]
     return allowed
@@ -52,8 +65,10 @@ def is_lfs_pointer(path: str | Path) -> bool:
 
 def check_not_lfs_pointer(path: Path) -> None:
     if is_lfs_pointer(path):
-        raise WeightsError(f"{path}: is a Git LFS pointer, not the weights (the clone skipped LFS files): "
-                           "run `git lfs pull` in the model folder, then the release's merge step")
+        raise WeightsError(
+            f"{path}: is a Git LFS pointer, not the weights (the clone skipped LFS files): "
+            "run `git lfs pull` in the model folder, then the release's merge step"
+        )
 
 
 def _host_memory_gib() -> float:
@@ -87,14 +102,18 @@ def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
             raise WeightsError(
                 f"{path}: the kernel refused to memory-map this {path.stat().st_size / 1e9:.1f} GB file privately "
                 f"(host RAM + swap here: {_host_memory_gib():.0f} GiB). Pages are only read on use, but a private "
-                "mapping must fit in RAM + swap: add swap or use a machine with more host memory") from None
+                "mapping must fit in RAM + swap: add swap or use a machine with more host memory"
+            ) from None
         refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
         if refused:
             raise WeightsError(
                 f"{path}: refusing to unpickle {', '.join(refused)} (outside the weights-only allow-list: it could run "
                 "arbitrary code). Re-save the tensors as safetensors, or, for a file you trust, set "
-                "args.allow_unsafe_pickle=true") from None
-        raise WeightsError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})") from None
+                "args.allow_unsafe_pickle=true"
+            ) from None
+        raise WeightsError(
+            f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})"
+        ) from None
 
 
 def read_tensor_file(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -125,7 +144,9 @@ def _grouped(keys, limit: int) -> list[str]:
     groups: dict[str, list[str]] = defaultdict(list)
     for key in keys:
         groups[group_key(key)].append(key)
-    lines = [f"  {len(members)} × {group}" if len(members) > 1 else f"  {members[0]}" for group, members in groups.items()]
+    lines = [
+        f"  {len(members)} × {group}" if len(members) > 1 else f"  {members[0]}" for group, members in groups.items()
+    ]
     return lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
@@ -158,7 +179,10 @@ _KNOWN_FILES = [
     ("a Kaleido/SAT DiT", ("mixins.patch_embed.proj.weight",)),
     ("a diffusers DiT", ("patch_embedding.weight", "condition_embedder.time_proj.weight")),
     ("a diffusers AutoencoderKLWan", ("encoder.conv_in.weight", "decoder.conv_in.weight")),
-    ("a transformers T5/umT5 checkpoint (Hugging Face names)", ("shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight")),
+    (
+        "a transformers T5/umT5 checkpoint (Hugging Face names)",
+        ("shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"),
+    ),
     ("a transformers T5/umT5 encoder (Hugging Face names)", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 ]
 
@@ -172,12 +196,17 @@ def identify_weights(keys) -> str | None:
     return None
 
 
-def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str, what: str = "the model") -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str, what: str = "the model"
+) -> None:
     """Raise WeightsError naming `source` unless keys and shapes equal `expected` (key -> shape) exactly."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, expected[k], state_dict[k].shape) for k in expected
-                  if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
+    mismatched = [
+        (k, expected[k], state_dict[k].shape)
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
     if missing or unexpected or mismatched:
         headline = f"{source}: weights do not fit {what}"
         if len(missing) > len(expected) / 2 and (guess := identify_weights(state_dict)):
@@ -185,7 +214,9 @@ def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str
         raise WeightsError(headline + "\n" + describe_key_problems(missing, unexpected, mismatched))
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = True) -> None:
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = True
+) -> None:
     """Check strictly, cast every tensor to its parameter's dtype (and device, unless the module is on meta), load.
 
     With assign=True the (possibly memory-mapped) tensors become the parameters without a second copy when

@@ -1,4 +1,5 @@
 """Locate and read the golden parity data (official code outputs, see ../shared/golden/README.md)."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def golden_dir() -> Path:
     for path in candidates:
         if (path / "manifest.json").is_file():
             return path
-    pytest.fail(f"golden data not found in {[str(c) for c in candidates]} (set KALEIDO_GOLDEN_DIR to the folder holding manifest.json)")
+    pytest.fail(
+        f"golden data not found in {[str(c) for c in candidates]} (set KALEIDO_GOLDEN_DIR to the folder holding manifest.json)"
+    )
 
 
 def manifest() -> dict:

@@ -1,4 +1,5 @@
 """scripts/benchmark.py runs and reports what it measured (numbers are recorded in docs/benchmarks/, not asserted)."""
+
 import json
 import subprocess
 import sys
@@ -13,9 +14,21 @@ TINY_MODEL = REPO / "configs/video_model/dit_crossattn_tiny.yaml"
 
 
 def test_load_mode_synthesizes_and_loads_the_configs_shapes(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "scripts/benchmark.py"), "load", "--synthesize",
-                             "--checkpoint", str(tmp_path / "ckpt"), "--config", str(TINY_MODEL)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/benchmark.py"),
+            "load",
+            "--synthesize",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--config",
+            str(TINY_MODEL),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     params = load_config([str(TINY_MODEL)]).section("model")["network_config"]["params"]
@@ -30,6 +43,7 @@ def test_load_mode_synthesizes_and_loads_the_configs_shapes(tmp_path):
 
 def run_mode(capsys, *argv) -> dict:
     from scripts.benchmark import main
+
     assert main(list(argv)) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -43,8 +57,16 @@ def test_dit_modes_report_flops_kernels_and_the_reference_comparison(capsys):
         assert record["mode"] == mode and result["layers"] == layers
         assert result["tokens"] == (4 + 3) * 8 * 16  # (latent frames + references) x (16/2) x (32/2)
         per_token = 12 * 64 * 64 + 4 * 64 * 160
-        expected = forwards * layers * (result["tokens"] * per_token + 4 * 512 * 64 * 64
-                                        + 4 * result["tokens"] ** 2 * 64 + 4 * result["tokens"] * 512 * 64)
+        expected = (
+            forwards
+            * layers
+            * (
+                result["tokens"] * per_token
+                + 4 * 512 * 64 * 64
+                + 4 * result["tokens"] ** 2 * 64
+                + 4 * result["tokens"] * 512 * 64
+            )
+        )
         assert abs(result["model_tflop"] * 1e12 - expected) < 1
         assert result["sdpa_kernels"] and result["timing"]["median_s"] > 0 and result["speedup_vs_reference"] > 0
         assert result["relative_difference_vs_reference"] < 1e-5
@@ -60,7 +82,9 @@ def test_vae_text_and_diffusers_modes_run(capsys):
 
 def test_block_in_bf16_reports_its_error_against_fp32(capsys):
     """The low-precision path's accuracy is measured against the same weights in fp32 (bf16 on the CPU here)."""
-    result = run_mode(capsys, "block", "--size", "tiny", "--dtype", "bfloat16", "--repeats", "1", "--warmup", "0")["result"]
+    result = run_mode(capsys, "block", "--size", "tiny", "--dtype", "bfloat16", "--repeats", "1", "--warmup", "0")[
+        "result"
+    ]
     assert result["dtype"] == "bfloat16"
     assert 1e-4 < result["relative_error_vs_fp32"] < 3e-2  # bf16 rounding (8 bits of mantissa), not a different result
     fp32 = run_mode(capsys, "block", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]
@@ -75,13 +99,18 @@ def test_table_summarizes_records_and_projects_the_video_time(capsys, tmp_path):
     text = run_mode(capsys, "text", *quick)["result"]
     run_mode(capsys, "step", "--layers", "1", *quick)  # a partial model is listed, never projected
     from scripts.benchmark import main
+
     assert main(["table", str(records)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rows = [line for line in lines if line.startswith("| `")]
-    assert len(rows) == 4 and rows[0].startswith("| `step` tiny: 2 layer(s), 3 refs, 896 tokens, float32, CFG batched |")
+    assert len(rows) == 4 and rows[0].startswith(
+        "| `step` tiny: 2 layer(s), 3 refs, 896 tokens, float32, CFG batched |"
+    )
     assert f"| {step['timing']['median_s'] * 1e3:.1f} ms |" in rows[0] and "flash-cpu" in rows[0]
     total = 50 * step["timing"]["median_s"] + vae["timing"]["median_s"] + text["timing"]["median_s"]
-    assert lines[-1].startswith("Projected tiny video with 3 references: 50 × ") and lines[-1].endswith(f"= {total:.1f} s")
+    assert lines[-1].startswith("Projected tiny video with 3 references: 50 × ") and lines[-1].endswith(
+        f"= {total:.1f} s"
+    )
     records.write_text(records.read_text() + "{not json\n")
     with pytest.raises(SystemExit, match=rf"error: {records}:5: not a JSON record"):
         main(["table", str(records)])
@@ -90,16 +119,24 @@ def test_table_summarizes_records_and_projects_the_video_time(capsys, tmp_path):
 def test_gpu_benchmark_script_records_every_run_and_reports_failures(tmp_path):
     """scripts/gpu_benchmarks.sh at the CI size (SIZE=tiny): one record per run; a failing run is counted, the
     others still run."""
+
     def script(*args, size="tiny"):
-        return subprocess.run(["bash", str(REPO / "scripts/gpu_benchmarks.sh"), *args],
-                              env={**__import__("os").environ, "SIZE": size, "PYTHON": sys.executable},
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            ["bash", str(REPO / "scripts/gpu_benchmarks.sh"), *args],
+            env={**__import__("os").environ, "SIZE": size, "PYTHON": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     done = script("steps", str(tmp_path / "ok"))
     assert done.returncode == 0, done.stdout + (tmp_path / "ok/steps.log").read_text()[-2000:]
     records = [json.loads(line) for line in (tmp_path / "ok/steps.jsonl").read_text().splitlines()]
     assert [(r["mode"], r["result"]["cfg"], "speedup_vs_reference" in r["result"]) for r in records] == [
-        ("step", "batched", False), ("step", "sequential", False), ("step", "batched", True)]
+        ("step", "batched", False),
+        ("step", "sequential", False),
+        ("step", "batched", True),
+    ]
     failed = script("steps", str(tmp_path / "bad"), size="huge")
     assert failed.returncode == 1 and "steps: 3 failed run(s)" in failed.stdout
     assert "invalid choice: 'huge'" in (tmp_path / "bad/steps.log").read_text()
@@ -109,8 +146,12 @@ def test_gpu_benchmark_script_records_every_run_and_reports_failures(tmp_path):
 
 def test_compare_prints_the_ratio(capsys):
     from scripts.benchmark import main
+
     assert main(["block", "--size", "tiny", "--repeats", "1", "--warmup", "0", "--compare"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])["result"]
     ours, reference = result["timing"]["median_s"], result["reference_timing"]["median_s"]
-    assert f"block: ours {ours * 1e3:.1f} ms, reference implementation {reference * 1e3:.1f} ms: {reference / ours:.2f}× faster" in captured.err
+    assert (
+        f"block: ours {ours * 1e3:.1f} ms, reference implementation {reference * 1e3:.1f} ms: {reference / ours:.2f}× faster"
+        in captured.err
+    )

@@ -18,8 +18,17 @@ def test_golden_data_passes_every_case(capsys):
     assert {r.case for r in rows} == set(manifest()["cases"])
     assert all(r.passed for r in rows), [r for r in rows if not r.passed]
     names = {f"{r.case}/{r.name}" for r in rows}
-    assert {"dit/out_0ref", "dit/out_1ref", "dit/out_3ref", "dit/b1ref_layer1_out", "sampler/dit_out_4", "vae/x_decoded",
-            "umt5/hidden", "loss/loss_mean", "rope/real14b_q_rope"} <= names
+    assert {
+        "dit/out_0ref",
+        "dit/out_1ref",
+        "dit/out_3ref",
+        "dit/b1ref_layer1_out",
+        "sampler/dit_out_4",
+        "vae/x_decoded",
+        "umt5/hidden",
+        "loss/loss_mean",
+        "rope/real14b_q_rope",
+    } <= names
     assert main(["--golden", str(golden_dir())]) == 0
     assert "FAIL" not in capsys.readouterr().out
 

@@ -3,6 +3,7 @@
 Spec training.md §11-13 (SAT directory, Wan2.1 -> SAT conversion, release layout) and dit.md §7 (keys, shapes).
 Fixtures are tiny DiTs; the 14B mapping is checked on the meta device (no memory).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ from sgm.vae import WanVAE
 from tests.golden import REPO, golden_dit
 from tests.test_keymap import GLOBAL_14B, LAYER_14B
 
-TINY = {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 2, "inner_hidden_size": 96, "text_dim": 32,
-        "time_freq_dim": 16}
+TINY = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "inner_hidden_size": 96,
+    "text_dim": 32,
+    "time_freq_dim": 16,
+}
 TINY_CONFIG = REPO / "configs/video_model/dit_crossattn_tiny.yaml"
 CONFIG_14B = REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -41,7 +48,9 @@ def random_dit(dtype: str = "float32", seed: int = 0, **sizes) -> dict[str, torc
     return {k: torch.randn(v.shape, generator=gen).to(v.dtype) for k, v in model.state_dict().items()}
 
 
-def write_wan_folder(folder: Path, wan: dict[str, torch.Tensor], num_shards: int = 3, index: bool = True) -> dict[str, str]:
+def write_wan_folder(
+    folder: Path, wan: dict[str, torch.Tensor], num_shards: int = 3, index: bool = True
+) -> dict[str, str]:
     """Wan2.1-style shards (+ index); returns key -> shard file name."""
     folder.mkdir(parents=True)
     keys = list(wan)
@@ -73,11 +82,18 @@ def assert_bitwise(a: dict, b: dict) -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/convert_checkpoint.py", *map(str, args)], cwd=REPO, check=False,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "scripts/convert_checkpoint.py", *map(str, args)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ round trips
+
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_wan_to_sat_to_wan_and_safetensors_are_bitwise(tmp_path, dtype):
@@ -111,8 +127,19 @@ def test_wan_to_sat_to_wan_and_safetensors_are_bitwise(tmp_path, dtype):
         assert set(load_file(str(tmp_path / "back" / name))) == {k for k, s in index["weight_map"].items() if s == name}
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in originals.values())
     config = json.loads((tmp_path / "back" / "config.json").read_text())
-    assert (config["dim"], config["ffn_dim"], config["freq_dim"], config["in_dim"], config["out_dim"]) == (64, 96, 16, 16, 16)
-    assert (config["num_heads"], config["num_layers"], config["patch_size"], config["_class_name"]) == (2, 2, [1, 2, 2], "WanModel")
+    assert (config["dim"], config["ffn_dim"], config["freq_dim"], config["in_dim"], config["out_dim"]) == (
+        64,
+        96,
+        16,
+        16,
+        16,
+    )
+    assert (config["num_heads"], config["num_layers"], config["patch_size"], config["_class_name"]) == (
+        2,
+        2,
+        [1, 2, 2],
+        "WanModel",
+    )
 
     assert convert.sat_to_safetensors(tmp_path / "sat", tmp_path / "dit.safetensors") == []
     assert_bitwise(load_dit_weights(tmp_path / "dit.safetensors"), from_sat)
@@ -134,7 +161,10 @@ def test_sat2wan_fits_one_file_without_index(tmp_path):
     write_sat_checkpoint(tmp_path / "sat", random_dit())
     shards = convert.sat_to_wan(tmp_path / "sat", tmp_path / "wan", num_heads=2)
     assert list(shards) == ["diffusion_pytorch_model.safetensors"]
-    assert sorted(p.name for p in (tmp_path / "wan").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "wan").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
 
 
 @pytest.mark.parametrize("layout", ["wan", "diffusers"])
@@ -156,14 +186,22 @@ def test_golden_dit_converts_through_sat_and_back(tmp_path):
 
 def test_to_safetensors_keeps_json_client_state_and_drops_rng_arrays(tmp_path):
     ours = random_dit()
-    state = {"iteration": 300, "ds_version": "0.14.0", "client_lr_scheduler": {"start_lr": 1e-5, "decay_style": "constant"},
-             "np_rng_state": np.random.RandomState(0).get_state(), "torch_rng_state": torch.get_rng_state()}
+    state = {
+        "iteration": 300,
+        "ds_version": "0.14.0",
+        "client_lr_scheduler": {"start_lr": 1e-5, "decay_style": "constant"},
+        "np_rng_state": np.random.RandomState(0).get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+    }
     write_sat_checkpoint(tmp_path / "sat", ours, 300, state)
     dropped = convert.sat_to_safetensors(tmp_path / "sat", tmp_path / "out.safetensors")
     assert sorted(dropped) == ["np_rng_state", "torch_rng_state"]
     sidecar = json.loads((tmp_path / "out.safetensors.json").read_text())
-    assert sidecar["client_state"] == {"iteration": 300, "ds_version": "0.14.0",
-                                       "client_lr_scheduler": {"start_lr": 1e-5, "decay_style": "constant"}}
+    assert sidecar["client_state"] == {
+        "iteration": 300,
+        "ds_version": "0.14.0",
+        "client_lr_scheduler": {"start_lr": 1e-5, "decay_style": "constant"},
+    }
     with safe_open(str(tmp_path / "out.safetensors"), "pt") as f:
         metadata = f.metadata()
     assert metadata["iteration"] == "300" and all(isinstance(v, str) for v in metadata.values())
@@ -171,6 +209,7 @@ def test_to_safetensors_keeps_json_client_state_and_drops_rng_arrays(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 14B on meta
+
 
 def model_14b() -> dict[str, torch.Tensor]:
     params = yaml.safe_load(CONFIG_14B.read_text())["model"]["network_config"]["params"]
@@ -187,8 +226,10 @@ def test_14b_mapping_on_meta_device():
             assert list(wan[f"blocks.{i}.{part}.weight"].shape) == [5120, 5120]
             assert list(wan[f"blocks.{i}.{part}.bias"].shape) == [5120]
 
-    extra = {"img_emb.proj.0.weight": torch.empty(1280, device="meta"),
-             **{f"blocks.{i}.cross_attn.k_img.weight": torch.empty(5120, 5120, device="meta") for i in range(40)}}
+    extra = {
+        "img_emb.proj.0.weight": torch.empty(1280, device="meta"),
+        **{f"blocks.{i}.cross_attn.k_img.weight": torch.empty(5120, 5120, device="meta") for i in range(40)},
+    }
     meta = {SAT_PREFIX + k: v for k, v in {**wan, **extra}.items()}
     source = convert.Source(Path("Wan2.1-I2V-14B"), "meta", meta, meta.__getitem__)
     with pytest.raises(convert.ConvertError, match=r"41 tensors are not part of the T2V DiT"):
@@ -209,8 +250,14 @@ def test_14b_mapping_on_meta_device():
     assert [k for keys in shards.values() for k in keys] == list(wan)
     assert len(convert.plan_shards(wan, convert.parse_size("10GB"))) == 3
     config = convert.wan_config(converted)
-    assert {k: config[k] for k in ("dim", "ffn_dim", "freq_dim", "text_dim", "num_heads", "num_layers")} == \
-        {"dim": 5120, "ffn_dim": 13824, "freq_dim": 256, "text_dim": 4096, "num_heads": 40, "num_layers": 40}
+    assert {k: config[k] for k in ("dim", "ffn_dim", "freq_dim", "text_dim", "num_heads", "num_layers")} == {
+        "dim": 5120,
+        "ffn_dim": 13824,
+        "freq_dim": 256,
+        "text_dim": 4096,
+        "num_heads": 40,
+        "num_layers": 40,
+    }
 
 
 def test_1_3b_shaped_checkpoint_reports_its_architecture():
@@ -228,6 +275,7 @@ def test_1_3b_shaped_checkpoint_reports_its_architecture():
 
 # ------------------------------------------------------------------------------------------------ bad input
 
+
 def test_cli_reports_a_missing_shard_in_one_line_and_writes_nothing(tmp_path):
     write_wan_folder(tmp_path / "wan", to_layout(random_dit(), "wan"))
     (tmp_path / "wan" / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
@@ -242,7 +290,9 @@ def test_index_key_absent_from_its_shard(tmp_path):
     weight_map = write_wan_folder(tmp_path / "wan", to_layout(random_dit(), "wan"))
     weight_map["blocks.0.self_attn.extra.weight"] = weight_map["head.head.weight"]
     (tmp_path / "wan" / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    with pytest.raises(CheckpointError, match=r"(?s)index and shards disagree.*1 missing key:\n  blocks\.0\.self_attn\.extra\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)index and shards disagree.*1 missing key:\n  blocks\.0\.self_attn\.extra\.weight"
+    ):
         convert.wan_to_sat(tmp_path / "wan", tmp_path / "sat")
     assert not (tmp_path / "sat").exists()
 
@@ -250,8 +300,11 @@ def test_index_key_absent_from_its_shard(tmp_path):
 def test_i2v_keys_need_ignore_unused(tmp_path, capsys):
     ours = random_dit()
     wan = to_layout(ours, "wan")
-    extra = {"img_emb.proj.1.weight": torch.ones(4), "blocks.0.cross_attn.k_img.weight": torch.ones(2, 2),
-             "blocks.1.cross_attn.k_img.weight": torch.ones(2, 2)}
+    extra = {
+        "img_emb.proj.1.weight": torch.ones(4),
+        "blocks.0.cross_attn.k_img.weight": torch.ones(2, 2),
+        "blocks.1.cross_attn.k_img.weight": torch.ones(2, 2),
+    }
     write_wan_folder(tmp_path / "wan", {**wan, **extra}, num_shards=2, index=False)
     assert main(["wan2sat", str(tmp_path / "wan"), str(tmp_path / "sat")]) == 2
     err = capsys.readouterr().err
@@ -294,7 +347,9 @@ def test_inconsistent_shapes_and_bad_sizes_are_refused_before_writing(tmp_path):
     wan = to_layout(random_dit(), "wan")
     wan["blocks.1.cross_attn.v.weight"] = torch.zeros(64, 32)
     write_wan_folder(tmp_path / "wan", wan, num_shards=1)
-    with pytest.raises(convert.ConvertError, match=r"cross_attn\.k\.weight, blocks\.1\.cross_attn\.v\.weight: cannot be concatenated"):
+    with pytest.raises(
+        convert.ConvertError, match=r"cross_attn\.k\.weight, blocks\.1\.cross_attn\.v\.weight: cannot be concatenated"
+    ):
         convert.wan_to_sat(tmp_path / "wan", tmp_path / "sat")
     wan["blocks.1.cross_attn.v.weight"] = torch.zeros(64, 64)
     wan["blocks.1.ffn.0.weight"] = torch.zeros(80, 64)
@@ -313,6 +368,7 @@ def test_inconsistent_shapes_and_bad_sizes_are_refused_before_writing(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ inspect
+
 
 def tiny_config_dit(dtype: str = "float32") -> dict[str, torch.Tensor]:
     params = dict(yaml.safe_load(TINY_CONFIG.read_text())["model"]["network_config"]["params"])
@@ -346,7 +402,11 @@ def test_inspect_release_folder(tmp_path, capsys):
     write_sat_checkpoint(root / "model", ours)
     vae = WanVAE(dim=8, z_dim=16, dtype="float32").state_dict()
     torch.save(vae, root / "Wan2.1_VAE.pth")
-    umt5 = UMT5Encoder(vocab_size=256, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2).to(torch.bfloat16).state_dict()
+    umt5 = (
+        UMT5Encoder(vocab_size=256, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
+        .to(torch.bfloat16)
+        .state_dict()
+    )
     (root / "umt5-xxl").mkdir()
     torch.save(umt5, root / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth")
 

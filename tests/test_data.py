@@ -1,4 +1,5 @@
 """Training dataset: layout scan, skips, frame selection (TR2), spatial processing, references (training.md §6)."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from scripts.make_dataset_index import main as index_main
 from scripts.tiny_dataset import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = (30, 56)      # wider than the 64x96 test videos: resize to (37, 56), crop rows 3..32
+SIZE = (30, 56)  # wider than the 64x96 test videos: resize to (37, 56), crop rows 3..32
 FRAMES = 21
 
 MIXED = [
@@ -65,7 +66,7 @@ def spec_spatial(frames: np.ndarray, resized: tuple[int, int], top: int, left: i
     """(T, H, W, 3) uint8 -> spec §6.3 with the resize size and crop offsets given explicitly."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=resized, mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
-    x = x[:, :, top:top + size[0], left:left + size[1]]
+    x = x[:, :, top : top + size[0], left : left + size[1]]
     return (x - 127.5) / 127.5
 
 
@@ -94,7 +95,7 @@ def test_item_shapes_dtypes_ranges(mixed_ds):
         assert item["id"] == USABLE[index] and item["index"] == index
         assert isinstance(item["text"], str) and item["text"] and "\n" not in item["text"]
         assert item["text"] == (mixed_ds.samples[index].label.read_text().splitlines()[0])
-        if mixed_ds.samples[index].fps >= 16:   # consecutive output frames differ: the content moves
+        if mixed_ds.samples[index].fps >= 16:  # consecutive output frames differ: the content moves
             assert (item["video"][1:] - item["video"][:-1]).abs().amax(dim=(1, 2, 3)).min() > 0
 
 
@@ -133,9 +134,9 @@ def test_summary_is_logged(mixed, caplog):
 
 def test_resample_indices_formula():
     assert data.resample_indices(200, 16, 16, 81) == list(range(3, 84))
-    assert data.resample_indices(200, 24, 16, 9) == [3, 5, 6, 8, 9, 11, 12, 14, 15]     # steps 2,1,2,1 (half up)
+    assert data.resample_indices(200, 24, 16, 9) == [3, 5, 6, 8, 9, 11, 12, 14, 15]  # steps 2,1,2,1 (half up)
     assert data.resample_indices(200, 30, 16, 7) == [3, 5, 7, 9, 11, 12, 14]
-    assert data.resample_indices(200, 8, 16, 7) == [3, 4, 4, 5, 5, 6, 6]                # nearest-frame upsampling
+    assert data.resample_indices(200, 8, 16, 7) == [3, 4, 4, 5, 5, 6, 6]  # nearest-frame upsampling
     for fps_src in (16, 24, 25, 30, 29.97, 60, 12.5):
         assert data.resample_indices(1000, fps_src, 16, 81) == spec_resample(1000, fps_src, 81)
     # the last index must lie before the last 3 frames: 3 + round(80·1.5) = 123 < n − 3
@@ -148,7 +149,7 @@ def test_resampled_frames_match_imageio(mixed_ds, fps_src):
     sample = next(s for s in mixed_ds.samples if s.fps == fps_src)
     expected = spec_resample(sample.frames, fps_src, FRAMES)
     assert len(expected) == FRAMES and list(sample.indices) == expected
-    frames = iio.imread(sample.video, plugin="FFMPEG")           # every frame, sequentially decoded
+    frames = iio.imread(sample.video, plugin="FFMPEG")  # every frame, sequentially decoded
     assert frames.shape[0] == sample.frames
     # 64x96 -> (30, 56): W/H = 1.5 < 56/30, so resize to (int(64·56/96), 56) = (37, 56) and crop top (37−30)//2
     reference = spec_spatial(frames[expected], (37, 56), top=3, left=0)
@@ -157,14 +158,14 @@ def test_resampled_frames_match_imageio(mixed_ds, fps_src):
 
 
 @pytest.mark.parametrize(
-    "n, fps_src, step, first, last",   # branch A: (end − start)//81 with end = int(3 + 81/16·fps_src)
+    "n, fps_src, step, first, last",  # branch A: (end − start)//81 with end = int(3 + 81/16·fps_src)
     [
-        (200, 24, 1, 3, 123),     # end 124: 121 consecutive native frames, not 16 fps
-        (200, 25, 1, 3, 128),     # end int(129.56) = 129
-        (200, 30, 1, 3, 153),     # end int(154.875) = 154
-        (300, 32, 2, 3, 163),     # end 165: 16 fps
-        (400, 48, 3, 3, 243),     # end 246: 16 fps
-        (500, 60, 3, 3, 303),     # end 306: 20 fps
+        (200, 24, 1, 3, 123),  # end 124: 121 consecutive native frames, not 16 fps
+        (200, 25, 1, 3, 128),  # end int(129.56) = 129
+        (200, 30, 1, 3, 153),  # end int(154.875) = 154
+        (300, 32, 2, 3, 163),  # end 165: 16 fps
+        (400, 48, 3, 3, 243),  # end 246: 16 fps
+        (500, 60, 3, 3, 303),  # end 306: 20 fps
     ],
 )
 def test_official_branch_a_integer_stride(n, fps_src, step, first, last):
@@ -177,7 +178,7 @@ def test_official_branch_a_integer_stride(n, fps_src, step, first, last):
 def test_official_branches_b_and_c_and_padding():
     # B: n > 81 but n/fps·16 <= 81: start 3, end n − 3, step max((end − start)//81, 1)
     assert data.official_indices(100, 30) == list(range(3, 97))
-    assert data.official_indices(240, 48) == list(range(3, 237, 2))       # 240/48·16 = 80 <= 81
+    assert data.official_indices(240, 48) == list(range(3, 237, 2))  # 240/48·16 = 80 <= 81
     assert data.pad_indices(data.official_indices(85, 30), 81) == list(range(3, 82)) + [81, 81]
     # C: n <= 81: the largest 4k+1 <= n − 6 consecutive frames
     for n, count in [(40, 33), (41, 33), (42, 33), (43, 37), (44, 37), (87 - 6, 73), (8, 1)]:
@@ -189,14 +190,14 @@ def test_official_branches_b_and_c_and_padding():
 
 def test_official_crash_cases_are_skip_reasons():
     with pytest.raises(SampleSkipped) as err:
-        data.official_indices(100, 8)                       # branch A with step 0 (< 16 fps)
+        data.official_indices(100, 8)  # branch A with step 0 (< 16 fps)
     assert err.value.reason == data.OFFICIAL_STRIDE_0
-    for n in (122, 123):                                    # branch A, end 124 > n: IndexError
+    for n in (122, 123):  # branch A, end 124 > n: IndexError
         with pytest.raises(SampleSkipped) as err:
             data.official_indices(n, 24)
         assert err.value.reason == data.OFFICIAL_INDEX_ERROR
     assert len(data.official_indices(124, 24)) == 121
-    assert data.official_indices(164, 32)[-1] == 163        # step 2 skips past the missing frame
+    assert data.official_indices(164, 32)[-1] == 163  # step 2 skips past the missing frame
     with pytest.raises(SampleSkipped, match="shorter"):
         data.official_indices(6, 16)
     with pytest.raises(SampleSkipped, match="frame rate"):
@@ -206,7 +207,7 @@ def test_official_crash_cases_are_skip_reasons():
 def test_official_dataset_mode(mixed):
     ds = SFTDataset([str(mixed)], video_size=SIZE, num_frames=FRAMES, frame_sampling="official")
     by_id = {s.id: s for s in ds.samples}
-    assert by_id["b24"].indices == tuple(range(3, 24))          # 24 fps: 21 consecutive native frames (TR2)
+    assert by_id["b24"].indices == tuple(range(3, 24))  # 24 fps: 21 consecutive native frames (TR2)
     assert by_id["a16"].indices == tuple(range(3, 24))
     assert ("d08", data.OFFICIAL_STRIDE_0) in [(Path(p).stem, r) for p, r in ds.skipped]
     # the short clip: branch C takes 5 frames (4k+1 <= 12 − 6), padded with the last one
@@ -216,7 +217,7 @@ def test_official_dataset_mode(mixed):
 def test_min_frames_keeps_short_clips_padded(mixed):
     ds = SFTDataset([str(mixed)], video_size=SIZE, num_frames=FRAMES, min_frames=5)
     short = next(s for s in ds.samples if s.id == "i_short")
-    assert short.indices == tuple(range(3, 9)) + (8,) * 15       # 12 frames: indices 3..8 fit before n − 3
+    assert short.indices == tuple(range(3, 9)) + (8,) * 15  # 12 frames: indices 3..8 fit before n − 3
     video = ds[ds.samples.index(short)]["video"]
     assert torch.equal(video[5], video[-1]) and not torch.equal(video[4], video[5])
     with pytest.raises(SampleSkipped, match="needs at least 27"):
@@ -228,17 +229,17 @@ def test_min_frames_keeps_short_clips_padded(mixed):
 
 
 def test_cover_size_spec_formulas():
-    assert data.cover_size(1080, 1920, 480, 832) == (480, int(1920 * 480 / 1080))     # wide: (480, 853)
-    assert data.cover_size(1920, 1080, 480, 832) == (int(1920 * 832 / 1080), 832)     # tall: (1479, 832)
-    assert data.cover_size(960, 1664, 480, 832) == (480, 832)                          # same aspect ratio
+    assert data.cover_size(1080, 1920, 480, 832) == (480, int(1920 * 480 / 1080))  # wide: (480, 853)
+    assert data.cover_size(1920, 1080, 480, 832) == (int(1920 * 832 / 1080), 832)  # tall: (1479, 832)
+    assert data.cover_size(960, 1664, 480, 832) == (480, 832)  # same aspect ratio
     assert data.cover_size(64, 96, *SIZE) == (37, 56)
 
 
 @pytest.mark.parametrize(
     "shape, resized, top, left",
     [
-        ((60, 120), (30, 60), 0, 4),      # wide: (30, int(120·30/60)), left = (60 − 52)//2
-        ((120, 60), (104, 52), 37, 0),    # tall: (int(120·52/60), 52), top = (104 − 30)//2
+        ((60, 120), (30, 60), 0, 4),  # wide: (30, int(120·30/60)), left = (60 − 52)//2
+        ((120, 60), (104, 52), 37, 0),  # tall: (int(120·52/60), 52), top = (104 − 30)//2
     ],
 )
 def test_resize_and_centre_crop(shape, resized, top, left):
@@ -276,10 +277,13 @@ def test_decord_and_imageio_give_the_same_frames(mixed):
         assert a.shape == b.shape == (6, 64, 96, 3)
         assert np.abs(a - b).max() <= 2
     ds = SFTDataset([str(mixed)], video_size=SIZE, num_frames=FRAMES, backend="imageio")
-    assert [s.indices for s in ds.samples] == [s.indices for s in SFTDataset([str(mixed)], video_size=SIZE,
-                                                                              num_frames=FRAMES, backend="decord").samples]
-    assert ds.backend == "imageio" and ds.skipped[-2:] == [(str(mixed / "videos/h_corrupt.mp4"), data.CORRUPT_VIDEO),
-                                                         (str(mixed / "videos/i_short.mp4"), data.TOO_SHORT)]
+    assert [s.indices for s in ds.samples] == [
+        s.indices for s in SFTDataset([str(mixed)], video_size=SIZE, num_frames=FRAMES, backend="decord").samples
+    ]
+    assert ds.backend == "imageio" and ds.skipped[-2:] == [
+        (str(mixed / "videos/h_corrupt.mp4"), data.CORRUPT_VIDEO),
+        (str(mixed / "videos/i_short.mp4"), data.TOO_SHORT),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -302,10 +306,11 @@ def test_reference_pattern_and_max_subjects(tmp_path):
     root = write_tiny_dataset(tmp_path / "d", [{"refs": 3, "ref_name": "subject_{k}.png"}, {"refs": 2}])
     ds = SFTDataset([str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png")
     assert [s.id for s in ds.samples] == ["000"] and ds.skipped == [(str(root / "videos/001.mp4"), data.NO_REFERENCE)]
-    ds = SFTDataset([str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png",
-                    max_subjects=2)
+    ds = SFTDataset(
+        [str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png", max_subjects=2
+    )
     assert [p.name for p in ds.samples[0].references] == ["subject_1.png", "subject_2.png"]
-    (root / "references/001/ref1.png").unlink()     # ref2 alone is used (checked in order, each independently)
+    (root / "references/001/ref1.png").unlink()  # ref2 alone is used (checked in order, each independently)
     ds = SFTDataset([str(root)], video_size=SIZE, num_frames=FRAMES)
     assert [p.name for p in ds.samples[0].references] == ["ref2.png"]
     (root / "references/001/ref2.png").write_bytes(b"not a png")
@@ -332,7 +337,7 @@ def test_folder_errors(tmp_path, good):
     (tmp_path / "nomp4" / "videos" / "a.avi").write_bytes(b"")
     with pytest.raises(DatasetError, match="no .mp4 files"):
         SFTDataset([str(tmp_path / "nomp4")])
-    with pytest.raises(DatasetError, match="missing"):     # one bad folder among good ones is still an error
+    with pytest.raises(DatasetError, match="missing"):  # one bad folder among good ones is still an error
         SFTDataset([str(good), str(tmp_path / "missing")])
 
 
@@ -387,7 +392,7 @@ def test_script_report_and_json(mixed, good, tmp_path, capsys):
     assert first["frames"] == 40 and first["fps"] == 16 and Path(first["video"]).is_file()
     assert all(Path(p).is_file() for s in index["samples"] for p in s["references"])
     assert len(index["skipped"]) == 5 and index["settings"]["num_frames"] == FRAMES
-    assert [p.name for p in out.parent.iterdir()] == ["samples.json"]    # no temporary files left
+    assert [p.name for p in out.parent.iterdir()] == ["samples.json"]  # no temporary files left
 
     assert index_main([str(mixed), str(good), "--num-frames", "17", "--frame-sampling", "official"]) == 0
     report = capsys.readouterr().out
@@ -398,12 +403,19 @@ def test_script_errors(tmp_path, capsys):
     root = write_tiny_dataset(tmp_path / "bad", [{"refs": 0}])
     assert index_main([str(root), "--json", str(tmp_path / "x.json")]) == 2
     captured = capsys.readouterr()
-    assert "usable samples: 0 of 1" in captured.out and "error: 0 usable samples: 1 × no reference image" in captured.err
+    assert (
+        "usable samples: 0 of 1" in captured.out and "error: 0 usable samples: 1 × no reference image" in captured.err
+    )
     assert not (tmp_path / "x.json").exists()
     assert index_main([str(tmp_path), "--num-frames", "80"]) == 2
     assert "4k+1" in capsys.readouterr().err
-    result = subprocess.run([sys.executable, str(REPO / "scripts/make_dataset_index.py"), str(tmp_path / "nope")],
-                            capture_output=True, text=True, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/make_dataset_index.py"), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and result.stdout == ""
     expected = f"error: {tmp_path / 'nope'}: dataset folder not found (expected a folder with {data.LAYOUT})"
     assert result.stderr.strip().splitlines() == [expected]

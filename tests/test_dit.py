@@ -34,6 +34,7 @@ def test_golden_intermediates(golden_model, io):
     def keep(name, use_input=False):
         def hook(module, args, output):
             captured[name] = args if use_input else output
+
         return hook
 
     handles = [
@@ -90,8 +91,10 @@ def test_references_matter_in_order(golden_model, io):
 def test_zero_references_equal_none(golden_model, io):
     empty = io["subjects_1ref"][:, :0]
     with torch.no_grad():
-        assert torch.equal(golden_model(io["x"], io["timesteps"], io["context"], empty),
-                           golden_model(io["x"], io["timesteps"], io["context"], None))
+        assert torch.equal(
+            golden_model(io["x"], io["timesteps"], io["context"], empty),
+            golden_model(io["x"], io["timesteps"], io["context"], None),
+        )
 
 
 def test_no_reference_path_equals_diffusers_wan():
@@ -99,9 +102,20 @@ def test_no_reference_path_equals_diffusers_wan():
     from diffusers import WanTransformer3DModel
 
     ours = seeded_random_init_(KaleidoDiT(**TINY, dtype="float32"), seed=3).eval()
-    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16,
-                                out_channels=16, text_dim=32, freq_dim=256, ffn_dim=128, num_layers=2,
-                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()
+    wan = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=128,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+    ).eval()
     wan.load_state_dict(to_layout(ours.state_dict(), "diffusers"), strict=True)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 16, 8, 12, generator=generator)
@@ -149,7 +163,11 @@ def test_end_concat_only_reorders_tokens():
     after = KaleidoDiT(**kwargs, end_concat=True).eval()
     after.load_state_dict(before.state_dict())
     g = torch.Generator().manual_seed(1)
-    x, refs, context = torch.randn(1, 2, 16, 4, 6, generator=g), torch.randn(1, 2, 16, 4, 6, generator=g), torch.randn(1, 5, 32, generator=g)
+    x, refs, context = (
+        torch.randn(1, 2, 16, 4, 6, generator=g),
+        torch.randn(1, 2, 16, 4, 6, generator=g),
+        torch.randn(1, 5, 32, generator=g),
+    )
     t = torch.tensor([500.0])
     with torch.no_grad():
         out_before, out_after = before(x, t, context, refs), after(x, t, context, refs)

@@ -14,15 +14,22 @@ def test_shipped_examples_are_regenerated_by_the_script(tmp_path):
         made, ours = Image.open(tmp_path / "refs" / name), Image.open(shipped / "refs" / name)
         assert made.mode == ours.mode and np.array_equal(np.asarray(made), np.asarray(ours)), name
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        assert (tmp_path / "tiny_umt5_tokenizer" / name).read_bytes() == (shipped / "tiny_umt5_tokenizer" / name).read_bytes()
+        assert (tmp_path / "tiny_umt5_tokenizer" / name).read_bytes() == (
+            shipped / "tiny_umt5_tokenizer" / name
+        ).read_bytes()
     # The training demo dataset: same files, captions and images; videos compared decoded (encoders may differ
     # in bytes across ffmpeg builds, not in content).
-    made_files = sorted(p.relative_to(tmp_path / "tiny_dataset") for p in (tmp_path / "tiny_dataset").rglob("*") if p.is_file())
-    assert made_files == sorted(p.relative_to(shipped / "tiny_dataset") for p in (shipped / "tiny_dataset").rglob("*") if p.is_file())
+    made_files = sorted(
+        p.relative_to(tmp_path / "tiny_dataset") for p in (tmp_path / "tiny_dataset").rglob("*") if p.is_file()
+    )
+    assert made_files == sorted(
+        p.relative_to(shipped / "tiny_dataset") for p in (shipped / "tiny_dataset").rglob("*") if p.is_file()
+    )
     for name in made_files:
         made, ours = tmp_path / "tiny_dataset" / name, shipped / "tiny_dataset" / name
         if name.suffix == ".mp4":
             import imageio.v3 as iio
+
             difference = np.abs(iio.imread(made).astype(int) - iio.imread(ours).astype(int)).max()
             assert difference <= 2, (name, difference)
         elif name.suffix == ".png":
@@ -31,4 +38,8 @@ def test_shipped_examples_are_regenerated_by_the_script(tmp_path):
             assert made.read_bytes() == ours.read_bytes(), name
     lines = (shipped / "prompts.txt").read_text().splitlines()
     assert [line.count("@@") for line in lines] == [1, 2, 3]
-    assert {Image.open(shipped / "refs" / n).mode for n in ("ball.png", "robot.png", "meadow.png")} == {"RGBA", "RGB", "L"}
+    assert {Image.open(shipped / "refs" / n).mode for n in ("ball.png", "robot.png", "meadow.png")} == {
+        "RGBA",
+        "RGB",
+        "L",
+    }

@@ -1,5 +1,6 @@
 """Fast paths are options with numerical gates: attention kernels chosen from outside (failing loudly instead of
 falling back), regional torch.compile, CFG as two forwards. Each matches the default path in fp32."""
+
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,19 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32").eval()
+    return KaleidoDiT(
+        hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+    ).eval()
 
 
 def inputs(batch=2):
     generator = torch.Generator().manual_seed(1)
-    return (torch.randn(batch, 2, 16, 4, 6, generator=generator), torch.tensor([300.0, 700.0])[:batch],
-            torch.randn(batch, 5, 32, generator=generator), torch.randn(batch, 2, 16, 4, 6, generator=generator))
+    return (
+        torch.randn(batch, 2, 16, 4, 6, generator=generator),
+        torch.tensor([300.0, 700.0])[:batch],
+        torch.randn(batch, 5, 32, generator=generator),
+        torch.randn(batch, 2, 16, 4, 6, generator=generator),
+    )
 
 
 @torch.no_grad()
@@ -33,7 +40,10 @@ def test_attention_backends_agree_and_refuse_loudly(model):
         set_attention_backend(model, name, CPU)
         assert (model(x, t, ctx, refs) - reference).abs().max() < 1e-5, name
     set_attention_backend(model, "cudnn", CPU)  # no cuDNN attention on the CPU: an explicit error, no fallback
-    with pytest.raises(RuntimeError, match=r"no allowed attention kernel \(CUDNN_ATTENTION\) accepts q \(2, 24, 2, 32\) torch.float32 on cpu"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"no allowed attention kernel \(CUDNN_ATTENTION\) accepts q \(2, 24, 2, 32\) torch.float32 on cpu",
+    ):
         model(x, t, ctx, refs)
     with pytest.raises(ValueError, match="attention backend: expected auto, default or one of"):
         set_attention_backend(model, "xformers", CPU)
@@ -55,10 +65,16 @@ def test_cfg_as_two_forwards_matches_the_batch_of_two(model):
     results = []
     for batched in (True, False):
         calls = []
-        network = lambda x, t, **c: (calls.append(x.shape[0]), model(x, t, **c))[1]  # noqa: E731
+        network = lambda x, t, calls=calls, **c: (calls.append(x.shape[0]), model(x, t, **c))[1]  # noqa: E731
         sampler = RFEulerSampler(num_steps=3, guider=VanillaCFG(6.0, batched=batched), progress=False)
-        results.append(sampler(rf_denoiser(network), x, {"context": ctx, "references": refs},
-                               {"context": uncond_ctx, "references": refs}))
+        results.append(
+            sampler(
+                rf_denoiser(network),
+                x,
+                {"context": ctx, "references": refs},
+                {"context": uncond_ctx, "references": refs},
+            )
+        )
         assert calls == ([2] * 3 if batched else [1] * 6)
     assert (results[0] - results[1]).abs().max() < 1e-5
 
@@ -86,14 +102,19 @@ def guided_run(model, guider, steps=4, x_frames=2):
     calls = []
     network = lambda x, t, **c: (calls.append(x.shape[0]), model(x, t, **c))[1]  # noqa: E731
     sampler = RFEulerSampler(num_steps=steps, guider=guider, progress=False)
-    out = sampler(rf_denoiser(network), x, {"context": ctx, "references": refs}, {"context": ctx[:, :3], "references": refs})
+    out = sampler(
+        rf_denoiser(network), x, {"context": ctx, "references": refs}, {"context": ctx[:, :3], "references": refs}
+    )
     return calls, out
 
 
-@pytest.mark.parametrize("available, expected_calls", [
-    (22 * 2**30, [1, 1, 2, 2, 2, 2]),  # 2 × 10 GiB × 1.1 fits: the first step measures, the other 4 batch
-    (21 * 2**30, [1, 1] * 5),         # it does not: two forwards on each of the 5 steps
-])
+@pytest.mark.parametrize(
+    "available, expected_calls",
+    [
+        (22 * 2**30, [1, 1, 2, 2, 2, 2]),  # 2 × 10 GiB × 1.1 fits: the first step measures, the other 4 batch
+        (21 * 2**30, [1, 1] * 5),  # it does not: two forwards on each of the 5 steps
+    ],
+)
 def test_cfg_auto_measures_the_first_step_then_chooses_by_memory(model, available, expected_calls):
     guider = VanillaCFG(6.0, batched="auto")
     guider.memory = FakeMemory(10 * 2**30, available)
@@ -131,11 +152,14 @@ def _group_worker(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 
     from sat.parallel import all_ranks_true
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        model = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32").eval()
+        model = KaleidoDiT(
+            hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+        ).eval()
         guider = VanillaCFG(6.0, batched="auto")
         guider.memory = FakeMemory(2**30, 2**40 if rank == 0 else 2**30)  # only rank 0 has room for a batch of two
         group = dist.new_group([0, 1])
@@ -152,6 +176,7 @@ def test_cfg_auto_takes_one_mode_for_a_process_group(tmp_path):
     import json
 
     from sat.parallel import free_port
+
     torch.multiprocessing.spawn(_group_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == {"calls": [1, 1] * 3, "all_true": True}
@@ -162,6 +187,7 @@ def test_the_benchmarks_reference_implementation_computes_the_same_math(model):
     """scripts/reference_dit.py (official-style eager code, the `--compare` baseline) equals the DiT in fp32,
     with references and without."""
     from scripts.reference_dit import ReferenceDiT
+
     x, t, ctx, refs = inputs()
     reference = ReferenceDiT(model)
     for r in (refs, None):
@@ -172,6 +198,7 @@ def test_the_benchmarks_reference_implementation_computes_the_same_math(model):
 def test_the_reference_implementation_reproduces_the_golden_outputs():
     from scripts.reference_dit import ReferenceDiT
     from tests.golden import golden_dit, tensors
+
     io = tensors("dit_io.safetensors")
     reference = ReferenceDiT(golden_dit())
     for n in (1, 3):

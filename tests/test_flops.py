@@ -1,15 +1,19 @@
 """The FLOP model against the spec's tables (performance.md §2.1 and §2.3)."""
+
 import pytest
 
 from kaleido.flops import dit_flops, mfu, tokens
 
 
-@pytest.mark.parametrize("references, length, linear, self_attention, cross_attention, total", [
-    (0, 37_632, 0.902, 1.160, 0.016, 2.078),
-    (1, 39_424, 0.945, 1.273, 0.017, 2.235),
-    (2, 41_216, 0.988, 1.392, 0.017, 2.397),
-    (3, 43_008, 1.030, 1.515, 0.018, 2.564),
-])
+@pytest.mark.parametrize(
+    "references, length, linear, self_attention, cross_attention, total",
+    [
+        (0, 37_632, 0.902, 1.160, 0.016, 2.078),
+        (1, 39_424, 0.945, 1.273, 0.017, 2.235),
+        (2, 41_216, 0.988, 1.392, 0.017, 2.397),
+        (3, 43_008, 1.030, 1.515, 0.018, 2.564),
+    ],
+)
 def test_forward_flops_match_the_spec_table(references, length, linear, self_attention, cross_attention, total):
     assert tokens(512, 896, 21, references) == length
     f = dit_flops(length)

@@ -9,11 +9,11 @@ from kaleido import io
 @pytest.mark.parametrize(
     "size, resized, pads",  # pads: (left, right, top, bottom)
     [
-        ((726, 923), (402, 512), (247, 247, 0, 0)),    # the official examples (spec sampling.md §3)
+        ((726, 923), (402, 512), (247, 247, 0, 0)),  # the official examples (spec sampling.md §3)
         ((1024, 1024), (512, 512), (192, 192, 0, 0)),
         ((1080, 1440), (384, 512), (256, 256, 0, 0)),
-        ((1000, 400), (896, 358), (0, 0, 77, 77)),      # wider than 896:512: padded above and below
-        ((901, 512), (896, 509), (0, 0, 1, 2)),         # odd padding: the extra row goes below
+        ((1000, 400), (896, 358), (0, 0, 77, 77)),  # wider than 896:512: padded above and below
+        ((901, 512), (896, 509), (0, 0, 1, 2)),  # odd padding: the extra row goes below
     ],
 )
 def test_letterbox_sizes(size, resized, pads):
@@ -72,7 +72,10 @@ def test_prompt_parsing_slug_and_blank_lines(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "p.txt").write_text("\n  A cat, a dog / friends@@a.png  \n\nJust text\n", encoding="utf-8")
     lines = io.read_prompt_file(tmp_path / "p.txt", max_references=3)
-    assert [(p.index, p.text, len(p.references)) for p in lines] == [(1, "A cat, a dog / friends", 1), (3, "Just text", 0)]
+    assert [(p.index, p.text, len(p.references)) for p in lines] == [
+        (1, "A cat, a dog / friends", 1),
+        (3, "Just text", 0),
+    ]
     assert lines[0].line == "A cat, a dog / friends@@a.png"
     assert lines[0].folder_name == "1_A_cat__a_dog__friends@@a.png"
     assert len(io.PromptLine(0, "x" * 300, "x", ()).folder_name) == 2 + 120
@@ -110,10 +113,9 @@ def test_missing_or_binary_prompt_file(tmp_path):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out" / "output.mp4"
-    with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert not target.exists() and list(target.parent.iterdir()) == []
     io.write_text(tmp_path / "t.txt", "hello")
     assert (tmp_path / "t.txt").read_text() == "hello"

@@ -11,14 +11,21 @@ from tests.golden import REPO, manifest, tensors
 
 # Shapes of the 14B release, spec dit.md §7.1.
 GLOBAL_14B = {
-    "mixins.patch_embed.proj.weight": [5120, 16, 1, 2, 2], "mixins.patch_embed.proj.bias": [5120],
-    "text_embedding.0.weight": [5120, 4096], "text_embedding.0.bias": [5120],
-    "text_embedding.2.weight": [5120, 5120], "text_embedding.2.bias": [5120],
-    "time_embed.0.weight": [5120, 256], "time_embed.0.bias": [5120],
-    "time_embed.2.weight": [5120, 5120], "time_embed.2.bias": [5120],
-    "adaln_projection.1.weight": [30720, 5120], "adaln_projection.1.bias": [30720],
+    "mixins.patch_embed.proj.weight": [5120, 16, 1, 2, 2],
+    "mixins.patch_embed.proj.bias": [5120],
+    "text_embedding.0.weight": [5120, 4096],
+    "text_embedding.0.bias": [5120],
+    "text_embedding.2.weight": [5120, 5120],
+    "text_embedding.2.bias": [5120],
+    "time_embed.0.weight": [5120, 256],
+    "time_embed.0.bias": [5120],
+    "time_embed.2.weight": [5120, 5120],
+    "time_embed.2.bias": [5120],
+    "adaln_projection.1.weight": [30720, 5120],
+    "adaln_projection.1.bias": [30720],
     "mixins.final_layer.adaLN_modulation": [1, 2, 5120],
-    "mixins.final_layer.linear.weight": [64, 5120], "mixins.final_layer.linear.bias": [64],
+    "mixins.final_layer.linear.weight": [64, 5120],
+    "mixins.final_layer.linear.bias": [64],
 }
 LAYER_14B = {
     "transformer.layers.{i}.attention.query_key_value.weight": [15360, 5120],
@@ -69,14 +76,18 @@ def test_golden_sat_keys_and_wan_equivalents_match_our_table():
     wan = to_layout(ours, "wan")
     equivalents = manifest()["cases"]["dit"]["weights"]["wan21_key_equivalents"]
     for sat_key, wan_spec in equivalents.items():
-        parts = [p.strip() for p in wan_spec.split(":", 1)[1].split(",")] if wan_spec.startswith("concat") else [wan_spec]
+        parts = (
+            [p.strip() for p in wan_spec.split(":", 1)[1].split(",")] if wan_spec.startswith("concat") else [wan_spec]
+        )
         assert torch.equal(torch.cat([wan[p] for p in parts]), official[sat_key]), sat_key
     assert len(wan) == sum(len(p.split(",")) for p in equivalents.values())
 
 
 @pytest.mark.parametrize("layout", ["sat", "wan", "diffusers"])
 def test_round_trips_are_bitwise(layout):
-    model = KaleidoDiT(hidden_size=32, num_layers=3, num_attention_heads=2, inner_hidden_size=48, text_dim=8, dtype="float32")
+    model = KaleidoDiT(
+        hidden_size=32, num_layers=3, num_attention_heads=2, inner_hidden_size=48, text_dim=8, dtype="float32"
+    )
     ours = model.state_dict()
     back = to_ours(to_layout(ours, layout))
     assert back.keys() == ours.keys()
@@ -90,7 +101,9 @@ def test_sat_container_prefix_is_accepted():
 
 
 def test_missing_unexpected_and_shapes_are_reported_grouped():
-    model = KaleidoDiT(hidden_size=32, num_layers=3, num_attention_heads=2, inner_hidden_size=48, text_dim=8, dtype="float32")
+    model = KaleidoDiT(
+        hidden_size=32, num_layers=3, num_attention_heads=2, inner_hidden_size=48, text_dim=8, dtype="float32"
+    )
     sat = to_layout(model.state_dict(), "sat")
     broken = {k: v for k, v in sat.items() if not re.search(r"\.attention\.dense\.weight$", k)}
     broken["transformer.layers.0.extra.weight"] = torch.zeros(1)
@@ -111,13 +124,20 @@ def test_missing_unexpected_and_shapes_are_reported_grouped():
 def test_a_wan_1_3b_checkpoint_is_named_by_its_differing_sizes():
     """Wan2.1-T2V-1.3B (dim 1536, 30 layers, ffn 8960, 12 heads; Wan's published config) against the 14B config."""
     from kaleido.keymap import architecture_differences
-    params = yaml.safe_load((REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml").read_text())["model"]["network_config"]["params"]
+
+    params = yaml.safe_load((REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml").read_text())["model"][
+        "network_config"
+    ]["params"]
     with torch.device("meta"):
         model_14b = KaleidoDiT(**params)
-        wan_1_3b = KaleidoDiT(**{**params, "hidden_size": 1536, "num_layers": 30, "inner_hidden_size": 8960, "num_attention_heads": 12})
+        wan_1_3b = KaleidoDiT(
+            **{**params, "hidden_size": 1536, "num_layers": 30, "inner_hidden_size": 8960, "num_attention_heads": 12}
+        )
     wan_keys = to_layout(wan_1_3b.state_dict(), "wan")
     assert len(wan_keys) == 15 + 30 * 27  # Wan's own names, q/k/v separate
     message = architecture_differences(from_layout(wan_keys, "wan"), model_14b.state_dict())
-    assert message == ("checkpoint of another architecture: hidden_size 1536 (model 5120), num_layers 30 (model 40), "
-                       "inner_hidden_size 8960 (model 13824); it looks like Wan2.1-T2V-1.3B")
+    assert message == (
+        "checkpoint of another architecture: hidden_size 1536 (model 5120), num_layers 30 (model 40), "
+        "inner_hidden_size 8960 (model 13824); it looks like Wan2.1-T2V-1.3B"
+    )
     assert architecture_differences(model_14b.state_dict(), model_14b.state_dict()) == ""

@@ -22,8 +22,13 @@ def test_loss_evaluation_matches_golden():
     g = tensors("loss.safetensors")
     model = golden_dit()
     with torch.no_grad():
-        out = RFLoss(p_mean=0.0, p_std=1.0)(model, g["x0"], {"context": g["crossattn"], "references": g["concat_subjects"]},
-                                            sigma_raw=g["sigma_raw"], noise=g["noise"])
+        out = RFLoss(p_mean=0.0, p_std=1.0)(
+            model,
+            g["x0"],
+            {"context": g["crossattn"], "references": g["concat_subjects"]},
+            sigma_raw=g["sigma_raw"],
+            noise=g["noise"],
+        )
     assert (out["sigma"] - g["sigma"]).abs().max() <= 1e-6
     assert (out["sigma"] * 1000 - g["timesteps_fed"]).abs().max() <= 1e-3
     assert (out["noised_input"] - g["noised_input"]).abs().max() <= 2e-5

@@ -1,5 +1,6 @@
 """Multi-process sampling on CPU (gloo) through torchrun_multi_gpu.sh: sequence parallelism (Ulysses) and data
 parallelism over prompt lines give the single-process results; the layout is checked before any model work."""
+
 import os
 import re
 import subprocess
@@ -15,8 +16,13 @@ from sat.parallel import free_port
 from tests.golden import REPO
 
 TINY = f"{REPO}/configs/video_model/dit_crossattn_tiny.yaml {REPO}/configs/sampling/sample_tiny.yaml"
-STEPS = ["args.input_file=prompts.txt", f"model.conditioner_config.params.tokenizer_path={REPO}/examples/tiny_umt5_tokenizer",
-         "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2", "--save-latents"]
+STEPS = [
+    "args.input_file=prompts.txt",
+    f"model.conditioner_config.params.tokenizer_path={REPO}/examples/tiny_umt5_tokenizer",
+    "args.sampling_num_frames=2",
+    "model.sampler_config.params.num_steps=2",
+    "--save-latents",
+]
 LINES = ["A red ball.@@red.png", "A ball and a leaf.@@red.png@@green.png@@red.png", "Just a meadow."]
 
 
@@ -39,18 +45,38 @@ def one_process(workdir, size: list[int]) -> dict[str, torch.Tensor]:
     """The single-process latents of every line at `size` (sampled once per module and size)."""
     out = workdir / f"one_{size[0]}x{size[1]}"
     if not out.exists():
-        result = subprocess.run([sys.executable, str(REPO / "sample_video.py"), "--base", *TINY.split(),
-                                 f"args.output_dir={out}", *STEPS, f"args.sampling_image_size=[{size[0]},{size[1]}]"],
-                                cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "sample_video.py"),
+                "--base",
+                *TINY.split(),
+                f"args.output_dir={out}",
+                *STEPS,
+                f"args.sampling_image_size=[{size[0]},{size[1]}]",
+            ],
+            cwd=workdir,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     return latents(out)
 
 
 def launch(workdir, out, nproc, sp, *extra):
-    env = environment(NPROC_PER_NODE=str(nproc), SP=str(sp), BASE=TINY, MASTER_PORT=str(free_port()),
-                      PYTHON=sys.executable)
-    return subprocess.run(["bash", str(REPO / "torchrun_multi_gpu.sh"), f"args.output_dir={out}", *STEPS, *extra],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    env = environment(
+        NPROC_PER_NODE=str(nproc), SP=str(sp), BASE=TINY, MASTER_PORT=str(free_port()), PYTHON=sys.executable
+    )
+    return subprocess.run(
+        ["bash", str(REPO / "torchrun_multi_gpu.sh"), f"args.output_dir={out}", *STEPS, *extra],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def launched(workdir, name, nproc, sp, size, layout) -> tuple[dict[str, torch.Tensor], str]:
@@ -80,8 +106,14 @@ def writes_per_line(log: str) -> dict[str, int]:
 def test_sequence_parallel_matches_one_process(workdir, size, split):
     """SP = 2 on a latent split along H (4x6 latent: H/2 = 2) and along W (6x8: H/2 = 3 is odd, W/2 = 4)."""
     expected = one_process(workdir, size)
-    got, log = launched(workdir, f"sp_{split}", 2, 2, size,
-                        f"parallel layout: world 2 = data parallel 1 × sequence parallel 2, sequence split along {split}")
+    got, log = launched(
+        workdir,
+        f"sp_{split}",
+        2,
+        2,
+        size,
+        f"parallel layout: world 2 = data parallel 1 × sequence parallel 2, sequence split along {split}",
+    )
     assert "layout: 1 node(s) × 2 process(es) = world 2 = data parallel 1 × sequence parallel 2" in log
     assert got.keys() == expected.keys()
     for name, reference in expected.items():
@@ -94,17 +126,25 @@ def test_sequence_parallel_matches_one_process(workdir, size, split):
 def test_data_parallel_writes_every_line_once_and_identically(workdir):
     """DP = 2 over 3 lines: rank 0 samples lines 1 and 3, rank 1 line 2; the results are the one-process ones."""
     expected = one_process(workdir, [32, 48])
-    got, log = launched(workdir, "dp", 2, 1, [32, 48], "parallel layout: world 2 = data parallel 2 × sequence parallel 1")
+    got, log = launched(
+        workdir, "dp", 2, 1, [32, 48], "parallel layout: world 2 = data parallel 2 × sequence parallel 1"
+    )
     assert got.keys() == expected.keys()
     assert re.search(r"\[rank 1\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name  # the same computation, line by line
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["model.network_config.params.num_attention_heads=1"], "sequence_parallel_size=2 does not divide the 1 attention heads"),
-    (["args.sampling_image_size=[48,48]"], "cannot split the 6x6 latent"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["model.network_config.params.num_attention_heads=1"],
+            "sequence_parallel_size=2 does not divide the 1 attention heads",
+        ),
+        (["args.sampling_image_size=[48,48]"], "cannot split the 6x6 latent"),
+    ],
+)
 def test_impossible_layouts_fail_before_any_model_work(workdir, extra, message):
     result = launch(workdir, workdir / "never", 2, 2, *extra)
     assert result.returncode != 0 and message in result.stderr
@@ -119,6 +159,7 @@ def test_launcher_rejects_a_degree_that_does_not_divide_the_world(workdir):
 
 def test_sequence_parallel_degree_needs_that_many_processes(workdir, capsys, monkeypatch):
     import sample_video
+
     monkeypatch.chdir(workdir)
     assert sample_video.main(["--base", *TINY.split(), "args.sequence_parallel_size=2"]) == 2
     assert "args.sequence_parallel_size=2 does not divide the world size 1" in capsys.readouterr().err
@@ -126,9 +167,9 @@ def test_sequence_parallel_degree_needs_that_many_processes(workdir, capsys, mon
 
 def test_official_legality_table():
     """spec sampling.md §13.3 rule 8: legal degrees for 40 heads at the shipped and other shapes."""
-    assert legal_degrees(64, 112, 40) == [1, 2, 4, 8]          # 512x896
-    assert legal_degrees(112, 64, 40) == [1, 2, 4, 8]          # 896x512
-    assert legal_degrees(60, 104, 40) == [1, 2, 4, 5, 10]      # 480x832
+    assert legal_degrees(64, 112, 40) == [1, 2, 4, 8]  # 512x896
+    assert legal_degrees(112, 64, 40) == [1, 2, 4, 8]  # 896x512
+    assert legal_degrees(60, 104, 40) == [1, 2, 4, 5, 10]  # 480x832
     assert [ShardPlan.for_latent(60, 104, s, 40).dim for s in (2, 4, 5, 10)] == [3, 4, 3, 3]
     plan = ShardPlan.for_latent(64, 112, 8, 40)
     assert (plan.dim, plan.chunk, plan.full_grid, plan.grid_offset(3)) == (3, 8, (32, 56), (12, 0))
@@ -141,6 +182,7 @@ def test_local_cross_attention_equals_the_official_duplicated_text_exchange():
     identical copies of the 512 text keys (quirk Q12). Softmax over exactly duplicated keys is the same
     distribution, so attending locally to one copy is the same result (up to summation order)."""
     from kaleido.attention import Attention
+
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(2, 96, 4, 32, generator=generator, dtype=torch.float64)
     k, v = (torch.randn(2, 24, 4, 32, generator=generator, dtype=torch.float64) for _ in range(2))
@@ -154,7 +196,10 @@ def test_sequence_parallel_of_one_leaves_the_model_untouched():
     """S = 1 never wraps the attention: the single-GPU path is the plain one, at no cost."""
     from kaleido.dit import KaleidoDiT
     from sat.parallel import ParallelState, UlyssesAttention, enable_sequence_parallel
-    model = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+
+    model = KaleidoDiT(
+        hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+    )
     before = [block.self_attn.attend for block in model.blocks]
     enable_sequence_parallel(model, ParallelState())
     assert [block.self_attn.attend for block in model.blocks] == before
@@ -164,8 +209,14 @@ def test_sequence_parallel_of_one_leaves_the_model_untouched():
 def test_data_and_sequence_parallel_together(workdir):
     """World 4 = DP 2 × SP 2: groups {0, 1} and {2, 3}; group 0 takes lines 1 and 3, group 1 (source rank 2) line 2."""
     expected = one_process(workdir, [32, 48])
-    got, log = launched(workdir, "dpsp", 4, 2, [32, 48],
-                        "parallel layout: world 4 = data parallel 2 × sequence parallel 2, sequence split along H")
+    got, log = launched(
+        workdir,
+        "dpsp",
+        4,
+        2,
+        [32, 48],
+        "parallel layout: world 4 = data parallel 2 × sequence parallel 2, sequence split along H",
+    )
     assert got.keys() == expected.keys()
     assert re.search(r"\[rank 2\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
     for name, reference in expected.items():

@@ -1,10 +1,12 @@
 """The release on disk: a model root in the official layout (spec training.md §13), written from a tiny model in
 every official file format, is found from `args.model_root` with the paths of the shipped 14B configs and gives
 the same latents as the in-memory model. Plus the loading options and errors of the real-weights path."""
+
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,10 @@ from scripts.tiny_tokenizer import build_tiny_tokenizer
 from tests.golden import REPO
 
 TINY = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")]
-RELEASE = [str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"), str(REPO / "configs/sampling/sample_wanvae_concat_14b.yaml")]
+RELEASE = [
+    str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"),
+    str(REPO / "configs/sampling/sample_wanvae_concat_14b.yaml"),
+]
 SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2"]
 PROMPT = "A ball and a leaf.@@red.png@@green.png"
 LATENT = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
@@ -30,7 +35,7 @@ def shipped_path_overrides() -> list[str]:
     """The weight-path entries of the shipped 14B configs, verbatim (`${args.model_root}/...`), as overrides."""
     overrides = []
     for file in RELEASE:
-        data = yaml.safe_load(open(file))
+        data = yaml.safe_load(Path(file).read_text())
         if "load" in data.get("args", {}):
             overrides.append(f"args.load={data['args']['load']}")
         for component, node in data.get("model", {}).items():
@@ -45,8 +50,13 @@ def write_deepspeed_checkpoint(folder, module: dict, tag: str) -> None:
     source = folder.parent / "module.safetensors"
     save_file(module, str(source))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, str(REPO / "tests/tools/write_deepspeed_checkpoint.py"), str(source), str(folder), tag],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests/tools/write_deepspeed_checkpoint.py"), str(source), str(folder), tag],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     source.unlink()
 
@@ -61,9 +71,10 @@ def release(tmp_path_factory):
     os.chdir(work)
     try:
         from PIL import Image
+
         Image.new("RGB", (30, 40), (200, 30, 30)).save("red.png")
         Image.new("RGBA", (50, 20), (20, 200, 20, 128)).save("green.png")
-        open("prompts.txt", "w").write(PROMPT + "\n")
+        Path("prompts.txt").write_text(PROMPT + "\n")
         build_tiny_tokenizer(work / "tok")
         common = ["args.input_file=prompts.txt", "model.conditioner_config.params.tokenizer_path=tok", *SMALL]
         assert sample_video.main(["--base", *TINY, *common, "args.output_dir=memory", "--save-latents"]) == 0
@@ -84,8 +95,18 @@ def release(tmp_path_factory):
 
 
 def sample_from_root(root, output_dir, *extra):
-    argv = ["--base", *TINY, "args.input_file=prompts.txt", f"args.output_dir={output_dir}", "args.allow_random_weights=false",
-            f"args.model_root={root}", *shipped_path_overrides(), *SMALL, "--save-latents", *extra]
+    argv = [
+        "--base",
+        *TINY,
+        "args.input_file=prompts.txt",
+        f"args.output_dir={output_dir}",
+        "args.allow_random_weights=false",
+        f"args.model_root={root}",
+        *shipped_path_overrides(),
+        *SMALL,
+        "--save-latents",
+        *extra,
+    ]
     return sample_video.main(argv)
 
 
@@ -123,7 +144,8 @@ def test_missing_release_files_are_listed_before_any_model_is_built(release, tmp
     shutil.copytree(root, partial)
     (partial / "Wan2.1_VAE.pth").unlink()
     (partial / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 11361920418\n")
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 11361920418\n"
+    )
     assert sample_from_root(partial, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert f"{partial}/Wan2.1_VAE.pth (model.first_stage_config.params.weights_path" in err
@@ -134,6 +156,7 @@ def test_missing_release_files_are_listed_before_any_model_is_built(release, tmp
 def test_deepspeed_file_needs_no_unsafe_unpickling(release):
     """The DeepSpeed container (numpy RNG state included) is read weights-only; only 'module' is used."""
     from kaleido.checkpoint import read_sat_checkpoint
+
     _, root, _ = release
     module, extra = read_sat_checkpoint(root / "model")
     assert all(k.startswith(SAT_PREFIX) for k in module) and extra["np_rng_state"][0] == "MT19937"
@@ -144,12 +167,16 @@ def test_wrong_architecture_names_the_differing_sizes(release, tmp_path, capsys)
     saying which constructor sizes differ, not 900 shape lines."""
     from kaleido.checkpoint import write_sat_checkpoint
     from kaleido.dit import KaleidoDiT
+
     other = KaleidoDiT(hidden_size=64, num_layers=3, num_attention_heads=2, inner_hidden_size=96, text_dim=32)
     write_sat_checkpoint(tmp_path / "other", other.state_dict())
     work, root, _ = release
     assert sample_from_root(root, tmp_path / "out", f"args.load={tmp_path / 'other'}") == 2
     err = capsys.readouterr().err.strip()
-    assert "checkpoint of another architecture: hidden_size 64 (model 128), num_layers 3 (model 2), inner_hidden_size 96 (model 256)" in err
+    assert (
+        "checkpoint of another architecture: hidden_size 64 (model 128), num_layers 3 (model 2), inner_hidden_size 96 (model 256)"
+        in err
+    )
     assert err.count("\n") < 4 and not (tmp_path / "out").exists()
 
 
@@ -158,12 +185,16 @@ def test_vae_file_of_another_model_is_named(release, tmp_path, capsys):
     umt5 = root / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth"
     assert sample_from_root(root, tmp_path / "out", f"model.first_stage_config.params.weights_path={umt5}") == 2
     err = capsys.readouterr().err
-    assert "weights do not fit WanVAE: this file looks like the umT5 text encoder" in err and not (tmp_path / "out").exists()
+    assert (
+        "weights do not fit WanVAE: this file looks like the umT5 text encoder" in err
+        and not (tmp_path / "out").exists()
+    )
 
 
 def test_force_inference_loads_partial_checkpoints_with_a_warning(release, tmp_path, caplog):
     """Strict by default; the official lenient load (Q18) only behind args.force_inference."""
     from kaleido.checkpoint import read_sat_checkpoint
+
     work, root, _ = release
     module, _ = read_sat_checkpoint(root / "model")
     partial = {k: v for k, v in module.items() if ".layers.1.cross_attention." not in k}
@@ -172,7 +203,10 @@ def test_force_inference_loads_partial_checkpoints_with_a_warning(release, tmp_p
     torch.save({"module": partial}, tmp_path / "partial" / "3" / "mp_rank_00_model_states.pt")
     (tmp_path / "partial" / "latest").write_text("3\n")
     assert sample_from_root(root, tmp_path / "strict", f"args.load={tmp_path / 'partial'}") == 2
-    assert sample_from_root(root, tmp_path / "lenient", f"args.load={tmp_path / 'partial'}", "args.force_inference=true") == 0
+    assert (
+        sample_from_root(root, tmp_path / "lenient", f"args.load={tmp_path / 'partial'}", "args.force_inference=true")
+        == 0
+    )
     assert "force_inference: partial load" in caplog.text and "blocks.1.cross_attn.q.weight" in caplog.text
     assert (tmp_path / "lenient" / LATENT).is_file()
 
@@ -180,6 +214,7 @@ def test_force_inference_loads_partial_checkpoints_with_a_warning(release, tmp_p
 def test_converted_forms_load_directly_with_the_same_latents(release, tmp_path):
     """args.load also takes a Wan2.1 shard folder (+ index) and the one-file safetensors export of the SAT file."""
     from kaleido import convert
+
     work, root, memory = release
     shards = convert.sat_to_wan(root / "model", tmp_path / "wan", max_shard_size=200_000)
     assert len(shards) > 1 and (tmp_path / "wan" / convert.WAN_INDEX).is_file()
@@ -194,15 +229,21 @@ def _truncated_copy(source, target):
     target.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_latest", "no *.safetensors shards and no diffusion_pytorch_model.safetensors.index.json"),
-    ("missing_iteration", "latest names iteration '7' but"),
-    ("truncated_pt", "mp_rank_00_model_states.pt: cannot be read as a weights-only torch file"),
-    ("corrupt_safetensors", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
-    ("tokenizer_incomplete", "incomplete tokenizer folder"),
-    ("unmerged_parts", "it holds split parts (mp_rank_00_model_states.pt.part_aa, mp_rank_00_model_states.pt.part_ab): "
-                       "run the release's merge_kaleido.py"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_latest", "no *.safetensors shards and no diffusion_pytorch_model.safetensors.index.json"),
+        ("missing_iteration", "latest names iteration '7' but"),
+        ("truncated_pt", "mp_rank_00_model_states.pt: cannot be read as a weights-only torch file"),
+        ("corrupt_safetensors", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+        ("tokenizer_incomplete", "incomplete tokenizer folder"),
+        (
+            "unmerged_parts",
+            "it holds split parts (mp_rank_00_model_states.pt.part_aa, mp_rank_00_model_states.pt.part_ab): "
+            "run the release's merge_kaleido.py",
+        ),
+    ],
+)
 def test_bad_release_files_are_one_clear_error_and_write_nothing(release, tmp_path, capsys, case, message):
     work, root, _ = release
     broken = tmp_path / "root"
@@ -223,7 +264,7 @@ def test_bad_release_files_are_one_clear_error_and_write_nothing(release, tmp_pa
         data = (model / "release/mp_rank_00_model_states.pt").read_bytes()
         (model / "release/mp_rank_00_model_states.pt").unlink()
         (model / "release/mp_rank_00_model_states.pt.part_aa").write_bytes(data[: len(data) // 2])
-        (model / "release/mp_rank_00_model_states.pt.part_ab").write_bytes(data[len(data) // 2:])
+        (model / "release/mp_rank_00_model_states.pt.part_ab").write_bytes(data[len(data) // 2 :])
     elif case == "tokenizer_incomplete":
         for file in (broken / "umt5-xxl").glob("tokenizer*"):
             file.unlink()
@@ -237,13 +278,16 @@ def test_fsdp2_checkpoint_file_is_found_and_its_text_encoder_keys_ignored(releas
     """Official FSDP2 output: `<iter>/fsdp2_rank_0000_checkpoint.pt` with the DiT in fp32 and umT5 under
     conditioner.embedders.0.model.* (reported and ignored, not loaded into the DiT)."""
     from kaleido.checkpoint import read_sat_checkpoint
+
     work, root, memory = release
     module, _ = read_sat_checkpoint(root / "model")
     umt5 = torch.load(root / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
     module |= {f"conditioner.embedders.0.model.{k}": v for k, v in umt5.items()}
     (tmp_path / "fsdp/5").mkdir(parents=True)
-    torch.save({"module": module, "iteration": 5, "np_rng_state": __import__("numpy").random.get_state()},
-               tmp_path / "fsdp/5/fsdp2_rank_0000_checkpoint.pt")
+    torch.save(
+        {"module": module, "iteration": 5, "np_rng_state": __import__("numpy").random.get_state()},
+        tmp_path / "fsdp/5/fsdp2_rank_0000_checkpoint.pt",
+    )
     (tmp_path / "fsdp/latest").write_text("5")
     caplog.set_level("INFO")
     assert sample_from_root(root, tmp_path / "out", f"args.load={tmp_path / 'fsdp'}") == 0
@@ -267,8 +311,12 @@ def test_golden_weights_in_official_files_reproduce_the_golden_outputs(tmp_path)
     cases = manifest()["cases"]
     dit_io = tensors("dit_io.safetensors")
     write_sat_checkpoint(tmp_path / "sat", to_ours(tensors("dit_weights.safetensors")))
-    convert.sat_to_wan(tmp_path / "sat", tmp_path / "wan", max_shard_size=100_000,
-                       num_heads=cases["dit"]["config"]["params"]["num_attention_heads"])
+    convert.sat_to_wan(
+        tmp_path / "sat",
+        tmp_path / "wan",
+        max_shard_size=100_000,
+        num_heads=cases["dit"]["config"]["params"]["num_attention_heads"],
+    )
     for checkpoint in (tmp_path / "sat", tmp_path / "wan"):
         with torch.device("meta"):
             model = KaleidoDiT(**dit_kwargs_from_official(cases["dit"]["config"]["params"]))
@@ -290,8 +338,15 @@ def test_golden_weights_in_official_files_reproduce_the_golden_outputs(tmp_path)
     torch.save(tensors("umt5_weights.safetensors"), tmp_path / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth")
     a = cases["umt5"]["constructor_args"]
     with torch.device("meta"):
-        encoder = UMT5Encoder(vocab_size=a["vocab_size"], dim=a["dim"], dim_attn=a["dim_attn"], dim_ffn=a["dim_ffn"],
-                              num_heads=a["num_heads"], num_layers=a["encoder_layers"], num_buckets=a["num_buckets"])
+        encoder = UMT5Encoder(
+            vocab_size=a["vocab_size"],
+            dim=a["dim"],
+            dim_attn=a["dim_attn"],
+            dim_ffn=a["dim_ffn"],
+            num_heads=a["num_heads"],
+            num_layers=a["encoder_layers"],
+            num_buckets=a["num_buckets"],
+        )
     load_umt5_weights(encoder, tmp_path / "umt5-xxl/models_t5_umt5-xxl-enc-bf16.pth")
     with torch.no_grad():
         assert (encoder.eval()(umt5_io["ids"], umt5_io["mask"]) - umt5_io["hidden"]).abs().max() <= TOLERANCE["umt5"]
@@ -301,5 +356,7 @@ def test_absent_model_root_is_named_once(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the shipped run config's prompt file and its references
     assert sample_video.main(["--base", *RELEASE, "args.model_root=/nonexistent/Kaleido-14B-S2V"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: args.model_root=/nonexistent/Kaleido-14B-S2V (override 'args.model_root=/nonexistent/Kaleido-14B-S2V'): "
-                   "no such folder; it should be the Kaleido-14B-S2V release (README, 'Use the released weights')")
+    assert err == (
+        "error: args.model_root=/nonexistent/Kaleido-14B-S2V (override 'args.model_root=/nonexistent/Kaleido-14B-S2V'): "
+        "no such folder; it should be the Kaleido-14B-S2V release (README, 'Use the released weights')"
+    )

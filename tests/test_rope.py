@@ -51,8 +51,8 @@ def test_released_placement_reference_k_shares_time_k():
 @pytest.mark.parametrize(
     "flags, expected_h_offsets",
     [
-        (dict(overloop=True, rope_continue=True), [2, 2]),          # directly after the local video grid
-        (dict(overloop=False, rope_continue=False), [80, 160]),      # own block per reference
+        (dict(overloop=True, rope_continue=True), [2, 2]),  # directly after the local video grid
+        (dict(overloop=False, rope_continue=False), [80, 160]),  # own block per reference
         (dict(overloop=False, rope_continue=True), [2, 4]),
         (dict(shift_h=False), [0, 0]),
     ],
@@ -153,5 +153,5 @@ def test_every_flag_keeps_full_sequence_positions_in_a_window(overloop, rope_con
             local_grid = (grid[0] // 2, grid[1]) if axis == 0 else (grid[0], grid[1] // 2)
             offset = (r * size, 0) if axis == 0 else (0, r * size)
             local = token_positions(refs, frames, local_grid, placement, offset, full_grid=grid)
-            window = full[:, r * size:(r + 1) * size] if axis == 0 else full[:, :, r * size:(r + 1) * size]
+            window = full[:, r * size : (r + 1) * size] if axis == 0 else full[:, :, r * size : (r + 1) * size]
             assert torch.equal(local.reshape(refs + frames, *local_grid, 3), window), (axis, r)

@@ -1,4 +1,5 @@
 """End to end: sample_video.py on the tiny config (random weights) writes the official output layout."""
+
 import os
 import subprocess
 import sys
@@ -24,13 +25,22 @@ def workdir(tmp_path, monkeypatch):
     build_tiny_tokenizer(tmp_path / "tok")
     Image.new("RGB", (30, 40), (200, 30, 30)).save(tmp_path / "red.png")
     Image.new("RGBA", (50, 20), (20, 200, 20, 128)).save(tmp_path / "green.png")
-    (tmp_path / "prompts.txt").write_text("A red ball.@@red.png\n\nA ball and a leaf.@@red.png@@green.png\nJust a meadow.\n")
+    (tmp_path / "prompts.txt").write_text(
+        "A red ball.@@red.png\n\nA ball and a leaf.@@red.png@@green.png\nJust a meadow.\n"
+    )
     return tmp_path
 
 
 def sample(*extra, base=TINY):
-    argv = ["--base", *base, "args.input_file=prompts.txt", "args.output_dir=out",
-            "model.conditioner_config.params.tokenizer_path=tok", *SMALL, *extra]
+    argv = [
+        "--base",
+        *base,
+        "args.input_file=prompts.txt",
+        "args.output_dir=out",
+        "model.conditioner_config.params.tokenizer_path=tok",
+        *SMALL,
+        *extra,
+    ]
     return sample_video.main(argv)
 
 
@@ -40,9 +50,19 @@ def folders(root):
 
 def test_outputs_layout(workdir):
     assert sample("--save-latents") == 0
-    assert folders(workdir) == ["0_A_red_ball.@@red.png", "2_A_ball_and_a_leaf.@@red.png@@green.png", "3_Just_a_meadow."]
+    assert folders(workdir) == [
+        "0_A_red_ball.@@red.png",
+        "2_A_ball_and_a_leaf.@@red.png@@green.png",
+        "3_Just_a_meadow.",
+    ]
     line = workdir / "out" / "2_A_ball_and_a_leaf.@@red.png@@green.png"
-    assert sorted(p.name for p in line.iterdir()) == ["latent.safetensors", "output.mp4", "subject_0.png", "subject_1.png", "text.txt"]
+    assert sorted(p.name for p in line.iterdir()) == [
+        "latent.safetensors",
+        "output.mp4",
+        "subject_0.png",
+        "subject_1.png",
+        "text.txt",
+    ]
     assert (line / "text.txt").read_text() == "A ball and a leaf.@@red.png@@green.png"
     assert Image.open(line / "subject_1.png").size == (50, 20)  # the original, unresized reference
     video = iio.imread(line / "output.mp4")
@@ -75,7 +95,9 @@ def test_injected_noise_equals_the_seeded_draw(workdir):
 def test_bad_noise_file_stops_before_any_output(workdir, capsys):
     save_file({"0": torch.zeros(1, 2, 16, 4, 6), "2": torch.zeros(1, 3, 16, 4, 6)}, str(workdir / "noise.safetensors"))
     assert sample("args.noise_file=noise.safetensors") == 2
-    assert "noise.safetensors: tensor '2' has shape [1, 3, 16, 4, 6], expected [1, 2, 16, 4, 6]" in capsys.readouterr().err
+    assert (
+        "noise.safetensors: tensor '2' has shape [1, 3, 16, 4, 6], expected [1, 2, 16, 4, 6]" in capsys.readouterr().err
+    )
     assert not (workdir / "out").exists()
 
 
@@ -115,21 +137,36 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["args.sampling_image_size=[40,48]"], "sampling_image_size: expected [height, width], positive multiples of 16"),
+        (
+            ["args.sampling_image_size=[40,48]"],
+            "sampling_image_size: expected [height, width], positive multiples of 16",
+        ),
         (["args.sampling_num_frames=0"], "sampling_num_frames: must be >= 1"),
         (["args.max_subject_nums=1"], "prompts.txt:3: 2 references, more than args.max_subject_nums = 1"),
         (["args.allow_zero_refs=false"], "prompts.txt:4: no reference images"),
         (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
         (["model.first_stage=1"], "unknown key 'model.first_stage'"),
         (["model.sampler_config.params.num_steps=0"], "num_steps must be >= 1"),
-        (["model.sampler_config.params.guider.params.batched=maybe"], "model.sampler_config.params.guider.params.batched=maybe': sgm.guiders.VanillaCFG rejected 'model.sampler_config.params.guider.params': guider batched: expected true, false or auto, got 'maybe'"),
+        (
+            ["model.sampler_config.params.guider.params.batched=maybe"],
+            "model.sampler_config.params.guider.params.batched=maybe': sgm.guiders.VanillaCFG rejected 'model.sampler_config.params.guider.params': guider batched: expected true, false or auto, got 'maybe'",
+        ),
         (["model.network_config.target=os.system"], "is outside this project"),
-        (["model.network_config.params.hidden=3"], "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT"),
+        (
+            ["model.network_config.params.hidden=3"],
+            "unknown key 'model.network_config.params.hidden' for kaleido.dit.KaleidoDiT",
+        ),
         (["args.allow_random_weights=false"], "no weights for DiT, text encoder, VAE"),
         (["args.device=cuda:7"], "args.device=cuda:7: no such CUDA device here"),
-        (["model.conditioner_config.params.tokenizer_path=missing_tok"], "missing weights: missing_tok (model.conditioner_config.params.tokenizer_path, override"),
+        (
+            ["model.conditioner_config.params.tokenizer_path=missing_tok"],
+            "missing weights: missing_tok (model.conditioner_config.params.tokenizer_path, override",
+        ),
         (["args.load=nowhere"], "missing weights: nowhere (args.load, override"),
-        (["model.first_stage_config.params.weights_path=none.pth"], "missing weights: none.pth (model.first_stage_config.params.weights_path, override"),
+        (
+            ["model.first_stage_config.params.weights_path=none.pth"],
+            "missing weights: none.pth (model.first_stage_config.params.weights_path, override",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(workdir, capsys, extra, message):
@@ -158,8 +195,14 @@ def test_official_parity_profile_runs(workdir):
 def test_readme_demo_command(tmp_path):
     """The README's demo command, as a subprocess from the repository root (outputs redirected to tmp)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "sample_video.py", "--base", *TINY, f"args.output_dir={tmp_path}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "sample_video.py", "--base", *TINY, f"args.output_dir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RANDOM WEIGHTS" in result.stderr and "noise" in result.stderr
     assert "line 3: 100%" in result.stderr  # a progress bar per video
@@ -174,8 +217,11 @@ def test_bf16_pipeline_tracks_fp32(workdir):
     """The release dtypes (bf16 DiT, umT5 and VAE) on the tiny model: close to the fp32 run, never identical."""
     (workdir / "prompts.txt").write_text("A ball and a leaf.@@red.png@@green.png\n")
     assert sample("--save-latents") == 0
-    bf16 = ["model.network_config.params.dtype=bfloat16", "model.conditioner_config.params.dtype=bfloat16",
-            "model.first_stage_config.params.dtype=bfloat16"]
+    bf16 = [
+        "model.network_config.params.dtype=bfloat16",
+        "model.conditioner_config.params.dtype=bfloat16",
+        "model.first_stage_config.params.dtype=bfloat16",
+    ]
     assert sample("--save-latents", "args.output_dir=bf16", *bf16) == 0
     name = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
     fp32, low = (load_file(str(workdir / root / name))["latent"] for root in ("out", "bf16"))
@@ -188,8 +234,16 @@ def test_fast_path_options_give_the_default_latents(workdir):
     """args.compile, args.attention_backend and CFG as two forwards, as a user sets them: the same latents."""
     (workdir / "prompts.txt").write_text("A ball and a leaf.@@red.png@@green.png\n")
     assert sample("--save-latents") == 0
-    assert sample("--save-latents", "args.output_dir=fast", "args.compile=true", "args.attention_backend=math",
-                  "model.sampler_config.params.guider.params.batched=false") == 0
+    assert (
+        sample(
+            "--save-latents",
+            "args.output_dir=fast",
+            "args.compile=true",
+            "args.attention_backend=math",
+            "model.sampler_config.params.guider.params.batched=false",
+        )
+        == 0
+    )
     name = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
     default, fast = (load_file(str(workdir / root / name))["latent"] for root in ("out", "fast"))
     assert (fast - default).abs().max() <= 1e-5 * default.abs().max()

@@ -16,7 +16,9 @@ def g():
 
 
 def step_counts():
-    return sorted(int(m.group(1)) for name in tensors("sampler.safetensors") if (m := re.fullmatch(r"sigmas_(\d+)", name)))
+    return sorted(
+        int(m.group(1)) for name in tensors("sampler.safetensors") if (m := re.fullmatch(r"sigmas_(\d+)", name))
+    )
 
 
 def test_schedule_tables_are_bitwise(g):
@@ -39,7 +41,13 @@ def test_toy_runs_match_golden(g):
     for n in step_counts():
         trajectory = []
         sampler = RFEulerSampler(num_steps=n, guider=VanillaCFG(6), progress=False)
-        out = sampler(rf_denoiser(toy_network), g["toy_noise"], cond, uncond, callback=lambda i, x: trajectory.append(x))
+        out = sampler(
+            rf_denoiser(toy_network),
+            g["toy_noise"],
+            cond,
+            uncond,
+            callback=lambda i, x, trajectory=trajectory: trajectory.append(x),
+        )
         assert (out - g[f"toy_out_{n}"]).abs().max() <= 5e-5
         if f"toy_traj_{n}" in g:
             assert (torch.stack(trajectory) - g[f"toy_traj_{n}"]).abs().max() <= 5e-5
@@ -65,8 +73,9 @@ def test_tiny_dit_four_steps_match_golden(g):
     cond = {"context": g["dit_cond_crossattn"], "references": g["dit_concat_subjects"]}
     uncond = {"context": g["dit_uc_crossattn"], "references": g["dit_concat_subjects"]}
     trajectory = []
-    out = RFEulerSampler(num_steps=4, progress=False)(rf_denoiser(network), g["dit_noise"], cond, uncond,
-                                                       callback=lambda i, x: trajectory.append(x))
+    out = RFEulerSampler(num_steps=4, progress=False)(
+        rf_denoiser(network), g["dit_noise"], cond, uncond, callback=lambda i, x: trajectory.append(x)
+    )
     assert (out - g["dit_out_4"]).abs().max() <= 1e-4
     assert (torch.stack(trajectory) - g["dit_traj_4"]).abs().max() <= 1e-4
     assert [b for b, _ in calls] == [2, 2, 2, 2]  # one batch-2 forward [uncond, cond] per step
@@ -81,8 +90,12 @@ def test_cfg_batch_order_is_uncond_then_cond():
         return torch.zeros_like(x)
 
     cond, uncond = torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
-    RFEulerSampler(num_steps=1, progress=False)(rf_denoiser(network), torch.zeros(1, 1, 1, 2, 2),
-                                                 {"context": cond, "references": None}, {"context": uncond, "references": None})
+    RFEulerSampler(num_steps=1, progress=False)(
+        rf_denoiser(network),
+        torch.zeros(1, 1, 1, 2, 2),
+        {"context": cond, "references": None},
+        {"context": uncond, "references": None},
+    )
     assert torch.equal(seen["context"], torch.cat([uncond, cond]))
     guided = VanillaCFG(6)(torch.cat([torch.full((1, 2), 1.0), torch.full((1, 2), 2.0)]))
     assert torch.equal(guided, torch.full((1, 2), 7.0))

@@ -1,5 +1,6 @@
 """Text conditioning: ftfy-lite and cleaning (Q7), the tiny offline tokenizer (components.md §D3), and the
 umT5 conditioner end to end (mask-multiplied 512-token context, trim-to-longest bitwise)."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from scripts.tiny_tokenizer import build_tiny_tokenizer, main as tiny_tokenizer_main, train_sentencepiece
+from scripts.tiny_tokenizer import build_tiny_tokenizer, train_sentencepiece
+from scripts.tiny_tokenizer import main as tiny_tokenizer_main
 from sgm.text import UMT5TextEncoder, clean_text, ftfy_lite, load_tokenizer
 from sgm.umt5 import UMT5Encoder
 
@@ -47,22 +49,28 @@ def text_encoder(tokenizer_dir, vocab_size=None, **kwargs) -> UMT5TextEncoder:
 
 
 def test_ftfy_lite_steps():
-    assert ftfy_lite("It\u2019s \u201cquoted\u201d \u2018x\u2019 \u201ay\u201b \u02bcz \u201ew\u201f") == \
-        "It's \"quoted\" 'x' 'y' 'z \"w\""
-    assert ftfy_lite("\ufb01sh \ufb02ag o\ufb03ce \ufb00 \ufb04 \ufb06 \u0132 \u01c6 \u01cb") == \
-        "fish flag office ff ffl st IJ d\u017e Nj"
+    assert (
+        ftfy_lite("It\u2019s \u201cquoted\u201d \u2018x\u2019 \u201ay\u201b \u02bcz \u201ew\u201f")
+        == "It's \"quoted\" 'x' 'y' 'z \"w\""
+    )
+    assert (
+        ftfy_lite("\ufb01sh \ufb02ag o\ufb03ce \ufb00 \ufb04 \ufb06 \u0132 \u01c6 \u01cb")
+        == "fish flag office ff ffl st IJ d\u017e Nj"
+    )
     assert ftfy_lite(NEG_KALEIDO).count(",") == NEG_KALEIDO.count("，") == 26
     assert "，" not in ftfy_lite(NEG_KALEIDO)
     assert ftfy_lite("ＬＯＵＤ\u3000ＮＯＩＳＥ（１）：！") == "LOUD NOISE(1):!"
-    assert ftfy_lite("it&#x2019;s &amp;amp; &hellip; &EACUTE;t&eacute; &amp &notanentity;") == \
-        "it's & \u2026 \u00c9t\u00e9 &amp &notanentity;"
+    assert (
+        ftfy_lite("it&#x2019;s &amp;amp; &hellip; &EACUTE;t&eacute; &amp &notanentity;")
+        == "it's & \u2026 \u00c9t\u00e9 &amp &notanentity;"
+    )
     assert ftfy_lite("a < b &amp; c") == "a < b &amp; c"  # ftfy leaves HTML alone once '<' is seen
     assert ftfy_lite("x &amp;\ny < 1\nz &amp;") == "x &\ny < 1\nz &amp;"
     assert ftfy_lite("a\x00b\x07\x0b\x1f\x7f\u206a\ufeff\ufffcc\td\x0ce") == "abc\td\x0ce"
     assert ftfy_lite("\x1b[31mred\x1b[0m \x1b[1;32mgreen\x1b[m") == "red green"
     assert ftfy_lite("a\r\nb\rc\u2028d\u2029e\u0085f") == "a\nb\nc\nd\ne\nf"
     assert ftfy_lite("cafe\u0301") == "caf\u00e9"  # NFC
-    assert ftfy_lite("\ud83d\ude00 \ud83d") == "\U0001F600 \ufffd"  # surrogates
+    assert ftfy_lite("\ud83d\ude00 \ud83d") == "\U0001f600 \ufffd"  # surrogates
 
 
 FTFY_CASES = [
@@ -136,8 +144,9 @@ def test_tiny_tokenizer_matches_sentencepiece(tokenizer_dir, sentencepiece_model
 
     from transformers import PreTrainedTokenizerFast
 
-    verbatim = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_dir / "tokenizer.json"), eos_token="</s>",
-                                       pad_token="<pad>", unk_token="<unk>")
+    verbatim = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_dir / "tokenizer.json"), eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     for text in PROMPTS:
         assert verbatim(text)["input_ids"] == tokenizer(text)["input_ids"]
 
@@ -160,7 +169,7 @@ def test_tokenize_padding_and_truncation(tokenizer_dir, sentencepiece_model):
     model = text_encoder(tokenizer_dir, max_length=512, dtype="float32")
     ids, mask = model.tokenize([NEG_KALEIDO, " a  red\tfox \n"])
     expected = sentencepiece_model.encode(NEG_KALEIDO.replace("，", ",")) + [1]
-    assert ids[0, : len(expected)].tolist() == expected and (ids[0, len(expected):] == 0).all()
+    assert ids[0, : len(expected)].tolist() == expected and (ids[0, len(expected) :] == 0).all()
     assert int(mask[0].sum()) == len(expected)
     cleaned = sentencepiece_model.encode("a red fox") + [1]  # cleaned before tokenizing
     assert ids[1, : len(cleaned) + 1].tolist() == cleaned + [0]
@@ -179,8 +188,11 @@ def test_tokenizer_folder_errors(tmp_path, tokenizer_dir):
         load_tokenizer(tmp_path / "absent")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"incomplete tokenizer folder .*empty: missing tokenizer\.json or "
-                                                r"spiece\.model and tokenizer_config\.json \(found: nothing\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"incomplete tokenizer folder .*empty: missing tokenizer\.json or "
+        r"spiece\.model and tokenizer_config\.json \(found: nothing\)",
+    ):
         load_tokenizer(empty)
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -235,11 +247,15 @@ def test_text_encoder_loads_weights(tmp_path, tokenizer_dir):
         expected = source(ids, mask) * mask[..., None].to(torch.bfloat16)
     assert torch.equal(loaded(PROMPTS[:2]), expected)
 
-    as_fp32 = UMT5TextEncoder(str(tokenizer_dir), weights_path=str(path), vocab_size=vocab, dtype="float32",
-                              **TINY_SIZES)
+    as_fp32 = UMT5TextEncoder(
+        str(tokenizer_dir), weights_path=str(path), vocab_size=vocab, dtype="float32", **TINY_SIZES
+    )
     assert all(p.dtype == torch.float32 for p in as_fp32.parameters())
 
-    with pytest.raises(ValueError, match=r"umt5.pth: weights do not fit UMT5Encoder\n1 shape mismatch:\n  token_embedding.weight: expected"):
+    with pytest.raises(
+        ValueError,
+        match=r"umt5.pth: weights do not fit UMT5Encoder\n1 shape mismatch:\n  token_embedding.weight: expected",
+    ):
         UMT5TextEncoder(str(tokenizer_dir), weights_path=str(path), vocab_size=vocab + 1, **TINY_SIZES)
 
 

@@ -1,6 +1,7 @@
 """Fine-tuning on CPU with the tiny model: DeepSpeed and FSDP2, 1 and 2 processes, checkpoints, true resume,
 interrupted saves, non-finite losses and bad settings. Every run is a subprocess (both engines initialise
 torch.distributed)."""
+
 import json
 import os
 import subprocess
@@ -29,8 +30,16 @@ def train(save, data, *overrides, nproc=1, fault=None, script=None, check=True):
         env["KALEIDO_FAULT_INJECT"] = fault
     program = ["-c", script, *BASE] if script else [str(REPO / "train_video_concat.py"), "--base", *BASE]
     if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-port", str(free_port()), *program]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(free_port()),
+            *program,
+        ]
     else:
         command = [sys.executable, *program]
     overrides = [f"args.train_data=[{data}]", f"args.save={save}", *overrides]
@@ -49,8 +58,16 @@ def metrics(save) -> dict[int, dict]:
 
 def test_single_process_overfits_one_sample(tmp_path):
     one = write_tiny_dataset(tmp_path / "one", samples=[{"refs": 2}])
-    train(tmp_path / "run", one, "args.train_iters=30", "args.save_interval=30", "args.text_dropout=0",
-          "deepspeed.gradient_accumulation_steps=1", "deepspeed.optimizer.params.lr=2e-3", "args.finetune_warmup_steps=0")
+    train(
+        tmp_path / "run",
+        one,
+        "args.train_iters=30",
+        "args.save_interval=30",
+        "args.text_dropout=0",
+        "deepspeed.gradient_accumulation_steps=1",
+        "deepspeed.optimizer.params.lr=2e-3",
+        "args.finetune_warmup_steps=0",
+    )
     losses = [metrics(tmp_path / "run")[i]["loss"] for i in range(1, 31)]
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
     assert last < 0.6 * first, losses  # measured: 2.48 -> 1.17
@@ -60,8 +77,13 @@ def test_single_process_overfits_one_sample(tmp_path):
 def test_two_processes_train_and_save_in_the_official_layout(data, tmp_path, engine):
     """...with validation sampling through sample_video.py's code path (FSDP2: every rank joins the forwards)."""
     save = tmp_path / engine
-    evaluation = ["args.eval_interval=2", f"args.eval_prompts={REPO / 'examples/prompts.txt'}", "args.eval_image_size=[32,48]",
-                  "args.eval_num_frames=2", "model.sampler_config.params.num_steps=2"]
+    evaluation = [
+        "args.eval_interval=2",
+        f"args.eval_prompts={REPO / 'examples/prompts.txt'}",
+        "args.eval_image_size=[32,48]",
+        "args.eval_num_frames=2",
+        "model.sampler_config.params.num_steps=2",
+    ]
     train(save, data, f"args.engine={engine}", "args.train_iters=2", "args.save_interval=2", *evaluation, nproc=2)
     assert (save / "latest").read_text() == "2"
     assert len(list((save / "eval" / "2").glob("*/output.mp4"))) == 3
@@ -99,22 +121,33 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
         assert resumed[i]["lr"] == straight[i]["lr"]
     assert (tmp_path / "resumed" / "latest").read_text() == "6"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(tmp_path / "resumed" / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
-        (i, pytest.approx(straight[i]["loss"], rel=1e-6)) for i in range(1, 7)]  # the replayed steps appear once
+        (i, pytest.approx(straight[i]["loss"], rel=1e-6)) for i in range(1, 7)
+    ]  # the replayed steps appear once
     final, straight_final = load_dit_weights(tmp_path / "resumed"), load_dit_weights(tmp_path / "straight")
     assert all(torch.equal(final[k], straight_final[k]) for k in final)
 
 
 def test_trained_checkpoint_samples_with_sample_video(data, tmp_path):
     import sample_video
+
     train(tmp_path / "run", data, "args.train_iters=3", "args.save_interval=1", "args.keep_last_n=2")
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.isdigit()) == ["2", "3"]  # retention
     trained = load_dit_weights(tmp_path / "run")
-    argv = ["--base", str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml"),
-            f"args.load={tmp_path / 'run'}", f"args.output_dir={tmp_path / 'videos'}", f"args.input_file={REPO / 'examples/prompts.txt'}",
-            "args.sampling_image_size=[32,48]", "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2"]
+    argv = [
+        "--base",
+        str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"),
+        str(REPO / "configs/sampling/sample_tiny.yaml"),
+        f"args.load={tmp_path / 'run'}",
+        f"args.output_dir={tmp_path / 'videos'}",
+        f"args.input_file={REPO / 'examples/prompts.txt'}",
+        "args.sampling_image_size=[32,48]",
+        "args.sampling_num_frames=2",
+        "model.sampler_config.params.num_steps=2",
+    ]
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -147,18 +180,28 @@ def test_non_finite_losses_are_dropped_then_stop_the_run(data, tmp_path):
     result = train(tmp_path / "ok", data, "args.train_iters=3", "args.save_interval=3", script=NAN_DRIVER)
     assert result.stderr.count("non-finite loss at micro-step") == 2
     assert sorted(metrics(tmp_path / "ok")) == [1, 2, 3]  # the two bad micro-batches were replaced by the next ones
-    stopped = train(tmp_path / "stop", data, "args.train_iters=3", "args.max_nonfinite_steps=2", script=NAN_DRIVER, check=False)
+    stopped = train(
+        tmp_path / "stop", data, "args.train_iters=3", "args.max_nonfinite_steps=2", script=NAN_DRIVER, check=False
+    )
     assert stopped.returncode == 1
-    assert "error: 2 consecutive non-finite losses at micro-step 3: stopping (args.max_nonfinite_steps)" in stopped.stderr
+    assert (
+        "error: 2 consecutive non-finite losses at micro-step 3: stopping (args.max_nonfinite_steps)" in stopped.stderr
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["deepspeed.train_batch_size=3"], "deepspeed.train_batch_size=3 != train_micro_batch_size_per_gpu 1 × gradient_accumulation_steps 2"),
-    (["args.train_data=[/nonexistent/data]"], "/nonexistent/data"),
-    (["args.num_frames=8"], "num_frames: must be 4k + 1"),
-    (["args.engine=megatron"], "engine: expected one of ['deepspeed', 'fsdp2']"),
-    (["args.text_encoder_device=gpu"], "text_encoder_device: expected one of ['same', 'cpu']"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["deepspeed.train_batch_size=3"],
+            "deepspeed.train_batch_size=3 != train_micro_batch_size_per_gpu 1 × gradient_accumulation_steps 2",
+        ),
+        (["args.train_data=[/nonexistent/data]"], "/nonexistent/data"),
+        (["args.num_frames=8"], "num_frames: must be 4k + 1"),
+        (["args.engine=megatron"], "engine: expected one of ['deepspeed', 'fsdp2']"),
+        (["args.text_encoder_device=gpu"], "text_encoder_device: expected one of ['same', 'cpu']"),
+    ],
+)
 def test_bad_settings_are_one_clear_error(data, tmp_path, overrides, message):
     result = train(tmp_path / "run", data, *overrides, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
@@ -167,8 +210,14 @@ def test_bad_settings_are_one_clear_error(data, tmp_path, overrides, message):
 
 def test_resume_with_other_settings_lists_the_differences(data, tmp_path):
     train(tmp_path / "run", data, "args.train_iters=2", "args.save_interval=2")
-    result = train(tmp_path / "run", data, "args.train_iters=4", "deepspeed.gradient_accumulation_steps=4",
-                   "model.network_config.params.num_layers=3", check=False)
+    result = train(
+        tmp_path / "run",
+        data,
+        "args.train_iters=4",
+        "deepspeed.gradient_accumulation_steps=4",
+        "model.network_config.params.num_layers=3",
+        check=False,
+    )
     assert result.returncode == 2
     assert "cannot resume, the checkpoint was trained with other settings" in result.stderr
     assert "deepspeed.gradient_accumulation_steps: 2 (checkpoint) vs 4 (now)" in result.stderr
@@ -180,15 +229,30 @@ def test_shipped_14b_training_configs_are_consistent():
     from kaleido.trainer import TrainArgs
     from sat.config import load_config, parse_args
     from sat.training import OptimSettings, annealing_lr_factor
-    files = [str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"), str(REPO / "configs/training/video_wanx_14B_concat.yaml")]
-    for extra in ([], [str(REPO / "configs/training/video_wanx_14B_concat_fsdp2.yaml")],
-                  [str(REPO / "configs/training/official_parity.yaml")]):
+
+    files = [
+        str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"),
+        str(REPO / "configs/training/video_wanx_14B_concat.yaml"),
+    ]
+    for extra in (
+        [],
+        [str(REPO / "configs/training/video_wanx_14B_concat_fsdp2.yaml")],
+        [str(REPO / "configs/training/official_parity.yaml")],
+    ):
         config = load_config(files + extra, ["args.model_root=/data/K"], sections=("model", "args", "deepspeed"))
         args = parse_args(TrainArgs, config)
         assert args.load == "/data/K/model" and args.engine == ("fsdp2" if "fsdp2" in "".join(extra) else "deepspeed")
         settings = OptimSettings.from_deepspeed_block(config.section("deepspeed"), world_size=8)
-        assert (settings.micro_batch, settings.accumulation, settings.lr, settings.betas, settings.eps,
-                settings.weight_decay, settings.clip, settings.bf16) == (1, 8, 5e-6, (0.9, 0.95), 1e-8, 1e-4, 0.1, True)
+        assert (
+            settings.micro_batch,
+            settings.accumulation,
+            settings.lr,
+            settings.betas,
+            settings.eps,
+            settings.weight_decay,
+            settings.clip,
+            settings.bf16,
+        ) == (1, 8, 5e-6, (0.9, 0.95), 1e-8, 1e-4, 0.1, True)
     # spec training.md §7.3: 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
     lrs = [5e-6 * annealing_lr_factor(k, 5000) for k in range(0, 102)]
     assert lrs[:3] == pytest.approx([1e-7, 2e-7, 2.5e-7]) and lrs[99] == pytest.approx(2.5e-7) and lrs[100] == 5e-6
@@ -198,9 +262,14 @@ def test_activation_checkpointing_keeps_names_and_gradients():
     """Applied from outside: the same parameter names and the same gradients, with the blocks recomputed."""
     from kaleido.dit import KaleidoDiT
     from sat.training import enable_activation_checkpointing
+
     torch.manual_seed(0)
-    plain = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
-    wrapped = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+    plain = KaleidoDiT(
+        hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+    )
+    wrapped = KaleidoDiT(
+        hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+    )
     wrapped.load_state_dict(plain.state_dict())
     enable_activation_checkpointing(wrapped)
     assert list(wrapped.state_dict()) == list(plain.state_dict())
@@ -219,11 +288,16 @@ def test_parameter_groups_follow_the_official_rule():
     modulation tables included (TR5), unless that option is off."""
     from kaleido.dit import KaleidoDiT
     from sat.training import parameter_groups
-    model = KaleidoDiT(hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32")
+
+    model = KaleidoDiT(
+        hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     decay, no_decay = ([names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4))
     assert sorted(no_decay) == sorted(n for n in names.values() if n.endswith("bias") or ".norm_cross." in n)
     assert "blocks.0.self_attn.norm_q.weight" in decay and "blocks.0.modulation" in decay and "head.modulation" in decay
     assert len(decay) + len(no_decay) == len(names)
-    decay, _ = ([names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4, decay_norm_and_modulation=False))
+    decay, _ = (
+        [names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4, decay_norm_and_modulation=False)
+    )
     assert not [n for n in decay if "norm" in n or "modulation" in n]

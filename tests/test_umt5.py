@@ -1,5 +1,6 @@
 """umT5 encoder: golden parity (official Wan2.1 T5Encoder), HF UMT5EncoderModel oracle, real-size key layout,
 strict loading (components.md §B, §C, §D2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,7 @@ def test_golden_hidden_and_context():
     context = hidden * io["mask"][..., None].to(hidden.dtype)
     assert (context - io["context_kaleido"]).abs().max() <= 5e-6
     assert torch.equal(io["mask"].sum(1), io["seq_lens"])
-    assert (context[1, int(io["seq_lens"][1]):] == 0).all()
+    assert (context[1, int(io["seq_lens"][1]) :] == 0).all()
 
 
 def test_golden_buckets_and_layer0_bias():
@@ -113,9 +114,18 @@ def wan_to_hf(state_dict: dict) -> dict:
 def hf_oracle(model: UMT5Encoder):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    config = UMT5Config(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                        feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    config = UMT5Config(
+        vocab_size=256,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+    )
     config._attn_implementation = "eager"
     hf = UMT5EncoderModel(config).eval()
     result = hf.load_state_dict(wan_to_hf(model.state_dict()), strict=True)
@@ -135,8 +145,9 @@ def test_hf_oracle_fp32_bitwise():
     assert torch.equal(ours, ref)
 
 
-def _eager_fp32_softmax(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None,
-                        **kwargs):
+def _eager_fp32_softmax(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs
+):
     """HF eager attention with the softmax in fp32 (spec C2: then bf16 matches Wan bitwise)."""
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if position_bias is not None:
@@ -195,18 +206,20 @@ def test_real_size_key_layout_on_meta():
     assert sum(p.numel() for p in model.parameters()) == 5_680_910_336
     expected = {"token_embedding.weight": (256384, 4096), "norm.weight": (4096,)}
     for i in range(24):
-        expected.update({
-            f"blocks.{i}.norm1.weight": (4096,),
-            f"blocks.{i}.attn.q.weight": (4096, 4096),
-            f"blocks.{i}.attn.k.weight": (4096, 4096),
-            f"blocks.{i}.attn.v.weight": (4096, 4096),
-            f"blocks.{i}.attn.o.weight": (4096, 4096),
-            f"blocks.{i}.norm2.weight": (4096,),
-            f"blocks.{i}.ffn.gate.0.weight": (10240, 4096),
-            f"blocks.{i}.ffn.fc1.weight": (10240, 4096),
-            f"blocks.{i}.ffn.fc2.weight": (4096, 10240),
-            f"blocks.{i}.pos_embedding.embedding.weight": (32, 64),
-        })
+        expected.update(
+            {
+                f"blocks.{i}.norm1.weight": (4096,),
+                f"blocks.{i}.attn.q.weight": (4096, 4096),
+                f"blocks.{i}.attn.k.weight": (4096, 4096),
+                f"blocks.{i}.attn.v.weight": (4096, 4096),
+                f"blocks.{i}.attn.o.weight": (4096, 4096),
+                f"blocks.{i}.norm2.weight": (4096,),
+                f"blocks.{i}.ffn.gate.0.weight": (10240, 4096),
+                f"blocks.{i}.ffn.fc1.weight": (10240, 4096),
+                f"blocks.{i}.ffn.fc2.weight": (4096, 10240),
+                f"blocks.{i}.pos_embedding.embedding.weight": (32, 64),
+            }
+        )
     assert shapes == expected
 
 
@@ -243,7 +256,10 @@ def test_strict_loading_errors(tmp_path):
     save_file(missing, str(path))
     with torch.device("meta"):
         model = UMT5Encoder(**TINY)
-    with pytest.raises(WeightsError, match=r"broken\.safetensors: weights do not fit UMT5Encoder\n1 missing key:\n  blocks\.1\.attn\.k\.weight"):
+    with pytest.raises(
+        WeightsError,
+        match=r"broken\.safetensors: weights do not fit UMT5Encoder\n1 missing key:\n  blocks\.1\.attn\.k\.weight",
+    ):
         load_umt5_weights(model, path)
 
     wrong = dict(state)

@@ -2,6 +2,7 @@
 
 Tiny configurations (dim 8) keep the whole file fast on CPU; spec components.md part A and §D1.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,14 +23,47 @@ from sgm.vae import (
 from sgm.weights import read_tensor_file
 from tests.golden import golden_dir, manifest, tensors
 
-TINY = dict(dim=8, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
-            temporal_downsample=(False, True, True))
+TINY = dict(
+    dim=8, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(), temporal_downsample=(False, True, True)
+)
 
 # spec A5: the constants as Kaleido's bf16 wrapper actually uses them
-MEAN_BF16 = [-0.7578125, -0.70703125, -0.91015625, 0.107421875, -0.1748046875, 0.96484375, -0.1513671875, 1.5546875,
-             0.4140625, -0.0712890625, 0.55078125, -0.36328125, -0.1923828125, -0.94921875, 0.25, -0.29296875]
-INV_STD_BF16 = [0.35546875, 0.6875, 0.4296875, 0.376953125, 0.8203125, 0.5625, 0.3828125, 0.48046875,
-                0.306640625, 0.462890625, 0.349609375, 0.64453125, 0.609375, 0.890625, 0.353515625, 0.5234375]
+MEAN_BF16 = [
+    -0.7578125,
+    -0.70703125,
+    -0.91015625,
+    0.107421875,
+    -0.1748046875,
+    0.96484375,
+    -0.1513671875,
+    1.5546875,
+    0.4140625,
+    -0.0712890625,
+    0.55078125,
+    -0.36328125,
+    -0.1923828125,
+    -0.94921875,
+    0.25,
+    -0.29296875,
+]
+INV_STD_BF16 = [
+    0.35546875,
+    0.6875,
+    0.4296875,
+    0.376953125,
+    0.8203125,
+    0.5625,
+    0.3828125,
+    0.48046875,
+    0.306640625,
+    0.462890625,
+    0.349609375,
+    0.64453125,
+    0.609375,
+    0.890625,
+    0.353515625,
+    0.5234375,
+]
 
 
 def _randomise(vae: WanVAE, seed: int = 0) -> WanVAE:
@@ -131,8 +165,13 @@ def _wan_to_diffusers(key: str) -> str:
         return f"decoder.up_blocks.{stage}." + (f"resnets.{pos}." if pos < 3 else "upsamplers.0.")
 
     key = re.sub(r"^decoder\.upsamples\.(\d+)\.", up, key)
-    for wan, diffusers in (("residual.0.", "norm1."), ("residual.2.", "conv1."), ("residual.3.", "norm2."),
-                           ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut.")):
+    for wan, diffusers in (
+        ("residual.0.", "norm1."),
+        ("residual.2.", "conv1."),
+        ("residual.3.", "norm2."),
+        ("residual.6.", "conv2."),
+        ("shortcut.", "conv_shortcut."),
+    ):
         key = key.replace(wan, diffusers)
     return key
 
@@ -140,8 +179,14 @@ def _wan_to_diffusers(key: str) -> str:
 def test_matches_diffusers_autoencoder_kl_wan(tiny, tiny_state_dict):
     from diffusers import AutoencoderKLWan
 
-    oracle = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                              temperal_downsample=[False, True, True]).eval()
+    oracle = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+    ).eval()
     mapped = {_wan_to_diffusers(k): v for k, v in tiny_state_dict.items()}
     expected = oracle.state_dict()
     assert set(mapped) == set(expected)
@@ -248,10 +293,10 @@ def test_batch_equals_single_calls(tiny, tiny_state_dict):
         enc, dec = tiny.encode(video), tiny.decode(z)
         enc64, dec64 = exact.encode(video), exact.decode(z)
         for i in range(2):
-            assert (enc[i: i + 1] - tiny.encode(video[i: i + 1])).abs().max() <= 1e-6
-            assert (dec[i: i + 1] - tiny.decode(z[i: i + 1])).abs().max() <= 1e-5  # fp32 noise floor
-            assert (enc64[i: i + 1] - exact.encode(video[i: i + 1])).abs().max() <= 1e-6
-            assert (dec64[i: i + 1] - exact.decode(z[i: i + 1])).abs().max() <= 1e-6
+            assert (enc[i : i + 1] - tiny.encode(video[i : i + 1])).abs().max() <= 1e-6
+            assert (dec[i : i + 1] - tiny.decode(z[i : i + 1])).abs().max() <= 1e-5  # fp32 noise floor
+            assert (enc64[i : i + 1] - exact.encode(video[i : i + 1])).abs().max() <= 1e-6
+            assert (dec64[i : i + 1] - exact.decode(z[i : i + 1])).abs().max() <= 1e-6
     assert not torch.equal(enc[0], enc[1])
 
 
@@ -364,8 +409,11 @@ def test_bfloat16_close_to_float32_and_dtype_flow(tiny, tiny_state_dict):
 
     # autocast semantics made explicit: norms fp32, convs / residual stream / attention bf16
     seen: dict[type, set] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.setdefault(type(m), set()).add(o.dtype))
-             for m in bf16.modules() if isinstance(m, (RMSNorm, CausalConv3d, ResidualBlock, AttentionBlock))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.setdefault(type(m), set()).add(o.dtype))
+        for m in bf16.modules()
+        if isinstance(m, (RMSNorm, CausalConv3d, ResidualBlock, AttentionBlock))
+    ]
     with torch.no_grad():
         bf16.decode(z[:, :, :1])
     for hook in hooks:

@@ -28,7 +28,9 @@ def test_reads_torch_safetensors_and_sat_containers(tmp_path):
 def test_refuses_arbitrary_pickles_and_reports_bad_files(tmp_path, capsys):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"w": Payload()}, f, protocol=2)
-    with pytest.raises(WeightsError, match=r"evil.pt: refusing to unpickle print \(outside the weights-only allow-list"):
+    with pytest.raises(
+        WeightsError, match=r"evil.pt: refusing to unpickle print \(outside the weights-only allow-list"
+    ):
         read_tensor_file(tmp_path / "evil.pt")
     assert "unpickled!" not in capsys.readouterr().out
 
@@ -45,7 +47,9 @@ def test_refuses_arbitrary_pickles_and_reports_bad_files(tmp_path, capsys):
         read_tensor_file(tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="absent.pt: weights file not found"):
         read_tensor_file(tmp_path / "absent.pt")
-    (tmp_path / "pointer.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 508000000\n")
+    (tmp_path / "pointer.pth").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 508000000\n"
+    )
     with pytest.raises(WeightsError, match="pointer.pth: is a Git LFS pointer, not the weights"):
         read_tensor_file(tmp_path / "pointer.pth")
 
@@ -54,7 +58,9 @@ def test_numpy_rng_state_is_allow_listed_but_other_objects_need_opt_in(tmp_path,
     """DeepSpeed files pickle np.random.get_state(); that (and only that kind of numpy object) is read weights-only."""
     np = pytest.importorskip("numpy")
     state = {"w": torch.arange(4.0)}
-    torch.save({"module": state, "np_rng_state": np.random.RandomState(3).get_state(), "iteration": 7}, tmp_path / "ds.pt")
+    torch.save(
+        {"module": state, "np_rng_state": np.random.RandomState(3).get_state(), "iteration": 7}, tmp_path / "ds.pt"
+    )
     container = read_torch_container(tmp_path / "ds.pt")
     assert container["iteration"] == 7 and container["np_rng_state"][1].dtype == np.uint32
     assert torch.equal(read_tensor_file(tmp_path / "ds.pt")["w"], state["w"])

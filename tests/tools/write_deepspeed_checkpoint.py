@@ -7,6 +7,7 @@ module tree with exactly those parameter names is built, wrapped by `deepspeed.i
 saved with `exclude_frozen_parameters=True` and the official client state (iteration, LR scheduler, RNG states:
 the numpy one is what the weights-only reader must allow-list).
 """
+
 import os
 import random
 import sys
@@ -41,8 +42,14 @@ def main(source: str, out_dir: str, tag: str) -> None:
     engine, *_ = deepspeed.initialize(model=module, config=config)
     client_state = {
         "iteration": int(tag) if tag.isdigit() else 0,
-        "client_lr_scheduler": {"start_lr": 1e-5, "warmup_iter": 1000, "num_iters": 1, "decay_style": "constant",
-                                "end_iter": 1, "decay_ratio": 0.1},
+        "client_lr_scheduler": {
+            "start_lr": 1e-5,
+            "warmup_iter": 1000,
+            "num_iters": 1,
+            "decay_style": "constant",
+            "end_iter": 1,
+            "decay_ratio": 0.1,
+        },
         "random_rng_state": random.getstate(),
         "np_rng_state": np.random.get_state(),
         "torch_rng_state": torch.get_rng_state(),
