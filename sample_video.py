@@ -4,7 +4,7 @@
         [key=value ...] [--seed N] [--save-latents] [--overwrite]
 
 Each line `prompt@@ref1.png@@ref2.png` of args.input_file becomes args.output_dir/<line>_<slug>/ with output.mp4,
-text.txt and subject_<i>.png. Overrides such as `args.sampling_num_frames=5` or
+text.txt and subject_<i>.png. Overrides such as `args.sampling_latent_frames=5` or
 `model.sampler_config.params.num_steps=4` apply after the --base files.
 """
 
@@ -14,10 +14,11 @@ import argparse
 import logging
 import sys
 
-from kaleido.io import InputError, read_prompt_file
-from kaleido.pipeline import SampleArgs, build_engine, resolve_device, run, sharding_plan
+from kaleido.files import InputError, read_prompt_file
+from kaleido.pipeline import SampleArgs, build_engine, run, sharding_plan
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
+from sat.parallel import resolve_device
 from sgm.util import InstantiationError
 from sgm.weights import WeightsError
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         # The layout, every prompt line and reference image are checked before any model work.
         parallel.check_layout(world_size, args.sequence_parallel_size)
         plan = sharding_plan(args, config, args.sequence_parallel_size)
-        lines = read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+        lines = read_prompt_file(args.input_file, args.max_references, args.allow_zero_refs)
         state = parallel.initialize(args.sequence_parallel_size, resolve_device(args.device, local_rank))
         if not state.is_sp_source:  # the source of each sequence-parallel group reports for it
             logging.getLogger().setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ import sys
 from kaleido.data import DatasetError
 from kaleido.trainer import TrainArgs, Trainer, TrainingError
 from sat.config import ConfigError, load_config, parse_args
+from sat.parallel import ParallelConfigError
 from sgm.util import InstantiationError
 from sgm.weights import WeightsError
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(base_files, overrides, sections=("model", "args", "deepspeed"))
         args = parse_args(TrainArgs, config)
         Trainer(args, config).train()
-    except (ConfigError, InstantiationError, DatasetError, WeightsError) as err:
+    except (ConfigError, InstantiationError, DatasetError, WeightsError, ParallelConfigError) as err:
         print(f"{tag}error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from kaleido import io
+from kaleido import files
 from kaleido.keymap import SAT_PREFIX, architecture_differences, to_layout, to_ours
 from sgm.util import random_parameter
 from sgm.weights import (
@@ -113,13 +113,13 @@ def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     """Shards of a Wan2.1 folder: those its index names (and its weight_map), else every `*.safetensors`."""
     index = folder / WAN_INDEX
     if not index.is_file():
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
+        shards = sorted(folder.glob("*.safetensors"))
+        if not shards:
             raise CheckpointError(
                 f"{folder}: no *.safetensors shards and no {WAN_INDEX} (expected a Wan2.1 DiT folder "
                 f"or a SAT directory with a 'latest' file){split_parts_hint(folder)}"
             )
-        return files, None
+        return shards, None
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (ValueError, AttributeError):
@@ -134,9 +134,9 @@ def _wan_shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     return [folder / name for name in sorted(set(weight_map.values()))], weight_map
 
 
-def _safetensors_source(path: Path, files: list[Path], weight_map: dict | None, stack: ExitStack) -> Source:
+def _safetensors_source(path: Path, shards: list[Path], weight_map: dict | None, stack: ExitStack) -> Source:
     handles, meta, where = {}, {}, {}
-    for file in files:
+    for file in shards:
         check_not_lfs_pointer(file)
         try:
             handle = stack.enter_context(safe_open(str(file), framework="pt"))
@@ -160,7 +160,7 @@ def _safetensors_source(path: Path, files: list[Path], weight_map: dict | None, 
     fmt = (
         "safetensors file"
         if path.is_file()
-        else f"safetensors folder ({len(files)} shard{'s' * (len(files) > 1)}{', indexed' if weight_map else ''})"
+        else f"safetensors folder ({len(shards)} shard{'s' * (len(shards) > 1)}{', indexed' if weight_map else ''})"
     )
     return Source(path, fmt, meta, lambda name: handles[name].get_tensor(name))
 
@@ -229,9 +229,9 @@ def write_sat_checkpoint(
     module = sat_module(dit_state_dict)
     target = directory / str(iteration)
     directory.mkdir(parents=True, exist_ok=True)
-    with io.atomic_directory(target, overwrite=overwrite) as tmp:
+    with files.atomic_directory(target, overwrite=overwrite) as tmp:
         torch.save({"module": module, **(client_state or {})}, tmp / SAT_MODEL_FILE)
-    io.write_text(directory / "latest", str(iteration))
+    files.write_text(directory / "latest", str(iteration))
     return target / SAT_MODEL_FILE
 
 

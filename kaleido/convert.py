@@ -27,7 +27,7 @@ from kaleido.checkpoint import (
     write_sat_checkpoint,
 )
 from kaleido.dit import KaleidoDiT
-from kaleido.io import atomic_directory, atomic_path
+from kaleido.files import atomic_directory, atomic_path
 from kaleido.keymap import SAT_PREFIX, KeyMismatchError, dit_architecture, to_layout
 from sgm.weights import (
     WeightsError,

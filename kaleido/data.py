@@ -2,7 +2,7 @@
 
     <data_dir>/videos/<id>.mp4              only ".mp4", sorted by name; id = file stem
               /labels/<id>.txt              caption = first line
-              /references/<id>/ref1.png     ref1, ref2, ... up to max_subjects (`reference_pattern`)
+              /references/<id>/ref1.png     ref1, ref2, ... up to max_references (`reference_pattern`)
 
 The constructor scans every folder once, reading only cheap metadata (files present, caption, reference headers,
 frame count and frame rate from the video container), and chooses each sample's source frames up front. A sample
@@ -25,7 +25,7 @@ Frame selection (`frame_sampling`):
   code keeps.
 
 Items: "video" float32 (T, 3, H, W) in [−1, 1], "text" str, "references" float32 (N, 3, H, W) in [−1, 1]
-(letterboxed exactly like at inference, `kaleido.io`), "id" str, "index" int. Batches from `collate` keep the
+(letterboxed exactly like at inference, `kaleido.files`), "id" str, "index" int. Batches from `collate` keep the
 references as a list because N differs between samples.
 """
 
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from kaleido import io
+from kaleido import files
 
 log = logging.getLogger("kaleido.data")
 
@@ -319,7 +319,9 @@ def resize_and_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 def load_references(paths: Sequence[Path], size: tuple[int, int], alpha: str = "white") -> torch.Tensor:
     """Reference images -> (N, 3, h, w) float32 in [−1, 1], preprocessed exactly like at inference."""
     height, width = size
-    return torch.stack([io.image_to_tensor(io.letterbox(io.load_reference(p, alpha), height, width)) for p in paths])
+    return torch.stack(
+        [files.image_to_tensor(files.letterbox(files.load_reference(p, alpha), height, width)) for p in paths]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -363,7 +365,7 @@ def scan_dataset(
     fps: int = 16,
     num_frames: int = 81,
     skip_frames: int = 3,
-    max_subjects: int = 3,
+    max_references: int = 3,
     frame_sampling: str = "resample",
     ref_alpha: str = "white",
     reference_pattern: str = "ref{k}.png",
@@ -379,7 +381,7 @@ def scan_dataset(
         fps,
         num_frames,
         skip_frames,
-        max_subjects,
+        max_references,
         frame_sampling,
         ref_alpha,
         reference_pattern,
@@ -391,7 +393,7 @@ def scan_dataset(
         "fps": fps,
         "num_frames": num_frames,
         "skip_frames": skip_frames,
-        "max_subjects": max_subjects,
+        "max_references": max_references,
         "frame_sampling": frame_sampling,
         "ref_alpha": ref_alpha,
         "reference_pattern": reference_pattern,
@@ -416,7 +418,7 @@ def _check_settings(
     fps,
     num_frames,
     skip_frames,
-    max_subjects,
+    max_references,
     frame_sampling,
     ref_alpha,
     reference_pattern,
@@ -432,8 +434,8 @@ def _check_settings(
         raise ValueError(f"num_frames: expected 4k+1 (1, 5, …, 81) for the causal VAE, got {num_frames}")
     if skip_frames < 0:
         raise ValueError(f"skip_frames: expected >= 0, got {skip_frames}")
-    if max_subjects < 1:
-        raise ValueError(f"max_subjects: expected >= 1, got {max_subjects}")
+    if max_references < 1:
+        raise ValueError(f"max_references: expected >= 1, got {max_references}")
     if frame_sampling not in FRAME_SAMPLING:
         raise ValueError(f"frame_sampling: expected one of {FRAME_SAMPLING}, got {frame_sampling!r}")
     if ref_alpha not in ("white", "drop"):
@@ -441,10 +443,10 @@ def _check_settings(
     if min_frames is not None and not 1 <= min_frames <= num_frames:
         raise ValueError(f"min_frames: expected 1 … num_frames ({num_frames}) or None, got {min_frames}")
     try:
-        names = {reference_pattern.format(k=k) for k in range(1, max_subjects + 1)}
+        names = {reference_pattern.format(k=k) for k in range(1, max_references + 1)}
     except (KeyError, IndexError, ValueError) as err:
         raise ValueError(f"reference_pattern {reference_pattern!r}: expected a name with '{{k}}' ({err})") from None
-    if len(names) != max_subjects:
+    if len(names) != max_references:
         raise ValueError(f"reference_pattern {reference_pattern!r}: must contain '{{k}}' (e.g. 'ref{{k}}.png')")
 
 
@@ -467,7 +469,7 @@ def _scan_sample(data_dir: Path, video: Path, settings: dict) -> SampleInfo:
     label = data_dir / "labels" / f"{sample_id}.txt"
     caption = _read_caption(label)
     references = []
-    for k in range(1, settings["max_subjects"] + 1):
+    for k in range(1, settings["max_references"] + 1):
         path = data_dir / "references" / sample_id / settings["reference_pattern"].format(k=k)
         if path.is_file():
             _check_reference(path)
@@ -571,7 +573,7 @@ def format_report(scan: ScanResult, max_ids: int = 5) -> str:
         "dataset: " + ", ".join(str(d) for d in scan.data_dirs),
         (
             f"settings: {s['num_frames']} frames at {s['fps']} fps, {h}x{w}, skip {s['skip_frames']}, "
-            f"frame sampling {s['frame_sampling']}, up to {s['max_subjects']} references "
+            f"frame sampling {s['frame_sampling']}, up to {s['max_references']} references "
             f"({s['reference_pattern']}), backend {s['backend']}"
         ),
         f"usable samples: {len(scan.samples)} of {scan.videos} videos",

@@ -11,18 +11,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import save_file
 
-from kaleido import io
+from kaleido import files
 from kaleido.attention import ATTENTION_BACKENDS, compile_blocks, set_attention_backend
 from kaleido.checkpoint import load_dit_into
-from kaleido.engine import KaleidoEngine
+from kaleido.model import KaleidoModel, init_missing_weights
 from kaleido.sharding import ShardingError, ShardPlan
 from sat import parallel
 from sat.config import Config, ConfigError
-from sgm.util import seeded_random_init_
+from sat.parallel import resolve_device
 from sgm.vae import DEFAULT_DIM_MULT, spatial_factor
 from sgm.weights import is_lfs_pointer, read_tensor_file
 
@@ -37,16 +38,16 @@ NEGATIVE_PROMPTS = {
 
 TEXT_ENCODER_OFFLOAD = ("none", "cpu", "free")
 
-RANDOM_WEIGHTS_WARNING = (
-    "RANDOM WEIGHTS: %s have no checkpoint and were initialised randomly (seed %d). The output is noise, "
-    "useful only to check the pipeline. Real weights: put the Kaleido-14B-S2V release on disk and run the 14B "
-    "configs (README, 'Use the released weights')."
-)
-
 
 @dataclass
 class SampleArgs:
     """Run settings of `sample_video.py` (the `args:` section). Quirk options name their ID in spec/README.md §5."""
+
+    # Keys of earlier versions (and of the official configs) with their current names.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "max_subject_nums": "max_references",
+        "sampling_num_frames": "sampling_latent_frames",
+    }
 
     input_file: str = "examples/prompts.txt"
     output_dir: str = "outputs"
@@ -63,10 +64,10 @@ class SampleArgs:
     seed: int = 42  # see the module docstring for the per-line rule
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     sampling_image_size: list[int] = field(default_factory=lambda: [512, 896])  # (H, W) pixels
-    sampling_num_frames: int = 21  # latent frames T; the video has 4(T - 1) + 1 frames
+    sampling_latent_frames: int = 21  # latent frames T; the video has 4(T - 1) + 1 frames
     sampling_fps: int = 16
     batch_size: int = 1  # samples per prompt line
-    max_subject_nums: int = 3
+    max_references: int = 3
     negative_prompt: str = "@kaleido"  # '@kaleido', '@wan' or a literal text (Q6)
     save_latents: bool = False  # also write latent.safetensors (key 'latent', (B, T, C, H, W) fp32)
     overwrite: bool = False  # re-sample lines whose outputs exist
@@ -85,7 +86,7 @@ class SampleArgs:
             raise ValueError(
                 f"sampling_image_size: expected [height, width], positive multiples of 16 (8× VAE, 2× patch); got {size}"
             )
-        for key in ("sampling_num_frames", "sampling_fps", "batch_size"):
+        for key in ("sampling_latent_frames", "sampling_fps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.attention_backend not in ("auto", "default", *ATTENTION_BACKENDS):
@@ -94,8 +95,8 @@ class SampleArgs:
             )
         if self.sequence_parallel_size < 1:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
-        if self.max_subject_nums < 0:
-            raise ValueError(f"max_subject_nums: must be >= 0, got {self.max_subject_nums}")
+        if self.max_references < 0:
+            raise ValueError(f"max_references: must be >= 0, got {self.max_references}")
         choices = {
             "t5_prompt": ("text", "full_line"),
             "ref_alpha": ("white", "drop"),
@@ -116,20 +117,6 @@ class SampleArgs:
     @property
     def negative_prompt_text(self) -> str:
         return NEGATIVE_PROMPTS.get(self.negative_prompt, self.negative_prompt)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this process's GPU (cuda:LOCAL_RANK under torchrun) if CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(
-            f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'"
-        )
-    return device
 
 
 def configured_paths(args: SampleArgs, config: Config) -> list[tuple[str, str]]:
@@ -174,34 +161,12 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
         raise ConfigError("missing weights: " + "; ".join(problems) + hint)
 
 
-def init_missing_weights(engine: KaleidoEngine, dit_loaded: bool, allowed: bool, seed: int, where: str) -> None:
-    """Components without a checkpoint get seeded random weights (seed + 0/1/2 for DiT/text encoder/VAE) when
-    `allowed`, with a loud warning; otherwise one error naming them."""
-    components = {
-        "DiT": (engine.network, dit_loaded),
-        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
-        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
-    }
-    unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
-    if not unweighted:
-        return
-    if not allowed:
-        raise ConfigError(
-            f"{where}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the weights_path "
-            "params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test"
-        )
-    for offset, (module, has_weights) in enumerate(components.values()):
-        if not has_weights:
-            seeded_random_init_(module, seed + offset)
-    log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), seed)
-
-
-def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
+def build_engine(args: SampleArgs, config: Config) -> KaleidoModel:
     """Components from `model:`, on the CPU; DiT weights from args.load (built on the meta device and assigned from
     the memory-mapped checkpoint: no random init, no second copy). `place_engine` moves them to the device."""
     resolve_device(args.device)  # an unavailable device is reported before any weights are read
     check_weight_paths(args, config)
-    engine = KaleidoEngine.from_config(
+    engine = KaleidoModel.from_config(
         config.section("model"), config.where, args.external_targets, meta_network=bool(args.load)
     )
     if args.load:
@@ -225,7 +190,7 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoEngine:
     return engine.eval()
 
 
-def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tuple[int, ...]) -> dict | None:
+def load_noise_table(args: SampleArgs, prompts: list[files.PromptLine], shape: tuple[int, ...]) -> dict | None:
     """args.noise_file checked up front: one (B, T, C, H, W) tensor per prompt line, named by the line index."""
     if not args.noise_file:
         return None
@@ -233,11 +198,11 @@ def load_noise_table(args: SampleArgs, prompts: list[io.PromptLine], shape: tupl
     for prompt in prompts:
         key = str(prompt.index)
         if key not in table:
-            raise io.InputError(
+            raise files.InputError(
                 f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.index + 1} (args.noise_file)"
             )
         if tuple(table[key].shape) != (args.batch_size, *shape):
-            raise io.InputError(
+            raise files.InputError(
                 f"{args.noise_file}: tensor '{key}' has shape {list(table[key].shape)}, expected {[args.batch_size, *shape]}"
             )
     return table
@@ -253,7 +218,7 @@ def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], tab
     )
 
 
-def prompt_for_t5(args: SampleArgs, prompt: io.PromptLine) -> str:
+def prompt_for_t5(args: SampleArgs, prompt: files.PromptLine) -> str:
     return prompt.line if args.t5_prompt == "full_line" else prompt.text
 
 
@@ -284,8 +249,8 @@ def sharding_plan(args: SampleArgs, config: Config, sp_size: int) -> ShardPlan |
 
 def run(
     args: SampleArgs,
-    engine: KaleidoEngine,
-    lines: list[io.PromptLine] | None = None,
+    engine: KaleidoModel,
+    lines: list[files.PromptLine] | None = None,
     state: parallel.ParallelState | None = None,
     plan: ShardPlan | None = None,
 ) -> list[Path]:
@@ -298,11 +263,11 @@ def run(
     prompts = (
         lines
         if lines is not None
-        else io.read_prompt_file(args.input_file, args.max_subject_nums, args.allow_zero_refs)
+        else files.read_prompt_file(args.input_file, args.max_references, args.allow_zero_refs)
     )
     height, width = args.sampling_image_size
     vae = engine.first_stage
-    latent_shape = (args.sampling_num_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
+    latent_shape = (args.sampling_latent_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
     noise_table = load_noise_table(args, prompts, latent_shape)
     prompts = [p for p in prompts if p.index % state.dp_size == state.dp_rank]  # line i -> DP rank i mod D
     source = state.is_sp_source
@@ -316,8 +281,8 @@ def run(
         len(prompts),
         height,
         width,
-        args.sampling_num_frames,
-        vae.temporal_factor * (args.sampling_num_frames - 1) + 1,
+        args.sampling_latent_frames,
+        vae.temporal_factor * (args.sampling_latent_frames - 1) + 1,
         args.output_dir,
     )
     engine.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
@@ -339,11 +304,11 @@ def run(
             log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.index + 1, videos[0])
             continue
         started = time.perf_counter()
-        images = [io.load_reference(path, args.ref_alpha) for path in prompt.references]
+        images = [files.load_reference(path, args.ref_alpha) for path in prompt.references]
         if source:
-            io.write_text(folder / "text.txt", prompt.line)
+            files.write_text(folder / "text.txt", prompt.line)
             for i, image in enumerate(images):
-                io.write_png(folder / f"subject_{i}.png", image)
+                files.write_png(folder / f"subject_{i}.png", image)
         if not images:
             log.warning(
                 "line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution",
@@ -351,7 +316,7 @@ def run(
             )
             references = None
         else:
-            pixels = torch.stack([io.image_to_tensor(io.letterbox(image, height, width)) for image in images])
+            pixels = torch.stack([files.image_to_tensor(files.letterbox(image, height, width)) for image in images])
             references = parallel.broadcast_from_sp_source(state, engine.encode_references(pixels))
         context = contexts[prompt.index] if contexts else engine.encode_text([prompt_for_t5(args, prompt)])
         context = parallel.broadcast_from_sp_source(state, context)
@@ -375,13 +340,13 @@ def run(
         if not source:
             continue
         if args.save_latents:
-            with io.atomic_path(folder / "latent.safetensors") as tmp:
+            with files.atomic_path(folder / "latent.safetensors") as tmp:
                 save_file({"latent": latents.cpu().contiguous()}, str(tmp))
         if args.latents_bf16_before_decode:
             latents = latents.to(torch.bfloat16)
         video = engine.decode(latents)
         for b, path in enumerate(output_names(args)):
-            io.write_mp4(folder / path, io.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)
+            files.write_mp4(folder / path, files.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)
         log.info("line %d: wrote %s (%.1f s)", prompt.index + 1, folder, time.perf_counter() - started)
         written.append(folder)
     return written

@@ -26,17 +26,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 
-from kaleido import io
+from kaleido import files
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into, sat_module
 from kaleido.data import SampleError, SFTDataset, collate
-from kaleido.engine import KaleidoEngine
-from kaleido.pipeline import init_missing_weights, resolve_device
+from kaleido.model import KaleidoModel, init_missing_weights
 from kaleido.training import (
     REFERENCE_ENCODINGS,
     SampleOrder,
@@ -45,6 +45,7 @@ from kaleido.training import (
 )
 from sat import parallel, training
 from sat.config import Config, ConfigError
+from sat.parallel import resolve_device
 from sgm.util import parse_dtype
 from sgm.weights import read_torch_container
 
@@ -56,13 +57,16 @@ FAULT_ENV = "KALEIDO_FAULT_INJECT"  # tests: name of a point at which the proces
 class TrainArgs:
     """Run settings of `train_video_concat.py` (the `args:` section); optimiser settings live in `deepspeed:`."""
 
+    # Keys of earlier versions (and of the official configs) with their current names.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"max_subjects": "max_references", "eval_num_frames": "eval_latent_frames"}
+
     experiment_name: str = "kaleido-finetune"
     train_data: list[str] = field(default_factory=list)  # dataset folders (videos/, labels/, references/)
     video_size: list[int] = field(default_factory=lambda: [480, 832])  # (H, W) pixels
     fps: int = 16
     num_frames: int = 81  # video frames per sample (4k + 1)
     skip_frames: int = 3
-    max_subjects: int = 3
+    max_references: int = 3
     frame_sampling: str = "resample"  # TR2: 'resample' (16 fps) or 'official' (integer stride)
     reference_encoding: str = "separate"  # TR1: 'separate' or 'stacked_first' (official)
     text_dropout: float = 0.1
@@ -83,7 +87,7 @@ class TrainArgs:
     eval_interval: int = 0  # 0 = no validation sampling
     eval_prompts: str | None = None  # prompt file (sample_video.py format) for validation videos
     eval_image_size: list[int] = field(default_factory=lambda: [480, 832])
-    eval_num_frames: int = 21  # latent frames
+    eval_latent_frames: int = 21  # latent frames
     seed: int = 42
     lr_warmup_fraction: float = 0.01  # official rule (TR4): min(0.05, k / (0.01 · train_iters)) for k <= 100
     finetune_warmup_steps: int = 100
@@ -296,7 +300,7 @@ class Trainer:
             fps=args.fps,
             num_frames=args.num_frames,
             skip_frames=args.skip_frames,
-            max_subjects=args.max_subjects,
+            max_references=args.max_references,
             frame_sampling=args.frame_sampling,
         )
         self.resume_from = self._resume_point()
@@ -337,9 +341,7 @@ class Trainer:
 
     def _build_models(self) -> None:
         args = self.args
-        engine = KaleidoEngine.from_config(
-            self.config.section("model"), self.config.where, meta_network=bool(args.load)
-        )
+        engine = KaleidoModel.from_config(self.config.section("model"), self.config.where, meta_network=bool(args.load))
         if args.load:
             load_dit_into(engine.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
         init_missing_weights(engine, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args"))
@@ -387,7 +389,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "train_state").mkdir(parents=True)
             if not (self.save / "config.yaml").is_file():
-                io.write_text(
+                files.write_text(
                     self.save / "config.yaml",
                     yaml.safe_dump({**checkpoint_config(self.config), "world_size": self.world_size}, sort_keys=False),
                 )
@@ -414,7 +416,7 @@ class Trainer:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fault_point("before-latest", self.iteration)
-            io.write_text(self.save / "latest", name)
+            files.write_text(self.save / "latest", name)
             prune(self.save, self.args.keep_last_n, keep=name)
             log.info("saved %s", final)
         dist.barrier()
@@ -443,7 +445,7 @@ class Trainer:
                 continue
             if record.get("iteration", 0) <= self.iteration:
                 kept.append(line + "\n")
-        with io.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
 
     # ---- validation
@@ -459,7 +461,7 @@ class Trainer:
             input_file=args.eval_prompts,
             output_dir=str(out if scratch is None else scratch),
             sampling_image_size=list(args.eval_image_size),
-            sampling_num_frames=args.eval_num_frames,
+            sampling_latent_frames=args.eval_latent_frames,
             seed=args.seed,
             device=str(self.device),
             overwrite=True,
@@ -467,7 +469,7 @@ class Trainer:
         )
         network = self.engine.network
         network.eval()
-        engine = KaleidoEngine(
+        engine = KaleidoModel(
             network, self.frozen.conditioner, self.frozen.first_stage, self.frozen.sampler, self.frozen.scale_factor
         )
         # Every rank runs the same forwards (FSDP2 gathers inside them): CFG 'auto' must choose one mode for all.

@@ -101,7 +101,7 @@ def _read_yaml(path: str) -> dict:
 
 def _parse_override(item: str) -> dict:
     if "=" not in item:
-        raise ConfigError(f"override '{item}': expected key=value (e.g. args.sampling_num_frames=5)")
+        raise ConfigError(f"override '{item}': expected key=value (e.g. args.sampling_latent_frames=5)")
     key, _, value = item.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
@@ -178,7 +178,12 @@ def parse_args(schema: type, config: Config, section: str = "args"):
     if not isinstance(values, dict):
         raise ConfigError(f"{config.where(section)}: '{section}:' must be a mapping")
     names = {f.name for f in dataclasses.fields(schema)}
+    renamed = getattr(schema, "RENAMED_KEYS", {})  # old name -> new name, for a helpful error
     for key in values:
+        if key in renamed:
+            raise ConfigError(
+                f"{config.where(f'{section}.{key}')}: '{section}.{key}' was renamed '{section}.{renamed[key]}'"
+            )
         if key not in names:
             raise ConfigError(
                 f"{config.where(f'{section}.{key}')}: unknown key '{section}.{key}'{_suggest(str(key), names)}"

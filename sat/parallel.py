@@ -67,6 +67,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this process's GPU (cuda:LOCAL_RANK under torchrun) if CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ParallelConfigError(
+            f"args.device={name}: no such CUDA device here ({torch.cuda.device_count()} visible); use 'auto' or 'cpu'"
+        )
+    return device
+
+
 def launched_world() -> tuple[int, int, int]:
     """(world size, rank, local rank) from the torchrun environment; (1, 0, 0) for a plain process."""
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))

@@ -426,7 +426,7 @@ def e2e_tiny_benchmark(args) -> dict:
                 "prompts": 3,
                 "steps": engine.sampler.num_steps,
                 "size": sample_args.sampling_image_size,
-                "latent_frames": sample_args.sampling_num_frames,
+                "latent_frames": sample_args.sampling_latent_frames,
                 "timing": timing,
             }
             if args.compare:

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kaleido.data import FRAME_SAMPLING, ScanResult, format_report, scan_dataset  # noqa: E402 (after the sys.path line)
-from kaleido.io import atomic_path  # noqa: E402 (after the sys.path line)
+from kaleido.files import atomic_path  # noqa: E402 (after the sys.path line)
 
 
 def index_json(scan: ScanResult) -> dict:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             num_frames=args.num_frames,
             skip_frames=args.skip_frames,
-            max_subjects=args.max_subjects,
+            max_references=args.max_references,
             frame_sampling=args.frame_sampling,
             reference_pattern=args.reference_pattern,
             min_frames=args.min_frames,

@@ -20,20 +20,24 @@ def test_later_files_win_and_overrides_apply_last(tmp_path):
         "a.yaml",
         """
         model: {sampler_config: {target: sgm.sampling.RFEulerSampler, params: {num_steps: 50, shift: 7.0}}}
-        args: {sampling_num_frames: 21, seed: 1}
+        args: {sampling_latent_frames: 21, seed: 1}
     """,
     )
-    b = write(tmp_path, "b.yaml", "args: {sampling_num_frames: 9}\n")
+    b = write(tmp_path, "b.yaml", "args: {sampling_latent_frames: 9}\n")
     config = load_config(
         [a, b],
-        ["args.sampling_num_frames=5", "model.sampler_config.params.num_steps=4", "args.sampling_image_size=[32,48]"],
+        [
+            "args.sampling_latent_frames=5",
+            "model.sampler_config.params.num_steps=4",
+            "args.sampling_image_size=[32,48]",
+        ],
     )
-    assert config.data["args"] == {"sampling_num_frames": 5, "seed": 1, "sampling_image_size": [32, 48]}
+    assert config.data["args"] == {"sampling_latent_frames": 5, "seed": 1, "sampling_image_size": [32, 48]}
     assert config.data["model"]["sampler_config"]["params"] == {"num_steps": 4, "shift": 7.0}
     assert config.where("args.seed") == a
-    assert config.where("args.sampling_num_frames") == "override 'args.sampling_num_frames=5'"
+    assert config.where("args.sampling_latent_frames") == "override 'args.sampling_latent_frames=5'"
     args = parse_args(SampleArgs, config)
-    assert (args.sampling_num_frames, args.seed, args.sampling_image_size) == (5, 1, [32, 48])
+    assert (args.sampling_latent_frames, args.seed, args.sampling_image_size) == (5, 1, [32, 48])
     assert isinstance(args.sampling_image_size, list)
 
 
@@ -41,7 +45,7 @@ def test_unknown_args_key_names_key_and_file(tmp_path):
     a = write(tmp_path, "a.yaml", "args: {sampling_num_frame: 21}\n")
     with pytest.raises(ConfigError) as err:
         parse_args(SampleArgs, load_config([a]))
-    assert str(err.value) == f"{a}: unknown key 'args.sampling_num_frame' (did you mean 'sampling_num_frames'?)"
+    assert str(err.value) == f"{a}: unknown key 'args.sampling_num_frame' (did you mean 'sampling_latent_frames'?)"
 
 
 def test_unknown_override_key_names_the_override(tmp_path):
@@ -64,8 +68,8 @@ def test_unknown_section_and_bad_yaml(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("args.sampling_num_frames=abc", "bad value for 'args.sampling_num_frames'"),
-        ("args.sampling_num_frames=0", "sampling_num_frames: must be >= 1"),
+        ("args.sampling_latent_frames=abc", "bad value for 'args.sampling_latent_frames'"),
+        ("args.sampling_latent_frames=0", "sampling_latent_frames: must be >= 1"),
         (
             "args.sampling_image_size=[500,896]",
             "sampling_image_size: expected [height, width], positive multiples of 16",
@@ -166,7 +170,7 @@ def test_release_sampling_values():
         ]
     )
     args = parse_args(SampleArgs, config)
-    assert (args.sampling_image_size, args.sampling_num_frames, args.sampling_fps, args.batch_size) == (
+    assert (args.sampling_image_size, args.sampling_latent_frames, args.sampling_fps, args.batch_size) == (
         [512, 896],
         21,
         16,

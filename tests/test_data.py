@@ -302,12 +302,12 @@ def test_skips_with_reasons(mixed_ds, mixed):
     assert all(Path(p).parent == mixed / "videos" for p, _ in mixed_ds.skipped)
 
 
-def test_reference_pattern_and_max_subjects(tmp_path):
+def test_reference_pattern_and_max_references(tmp_path):
     root = write_tiny_dataset(tmp_path / "d", [{"refs": 3, "ref_name": "subject_{k}.png"}, {"refs": 2}])
     ds = SFTDataset([str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png")
     assert [s.id for s in ds.samples] == ["000"] and ds.skipped == [(str(root / "videos/001.mp4"), data.NO_REFERENCE)]
     ds = SFTDataset(
-        [str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png", max_subjects=2
+        [str(root)], video_size=SIZE, num_frames=FRAMES, reference_pattern="subject_{k}.png", max_references=2
     )
     assert [p.name for p in ds.samples[0].references] == ["subject_1.png", "subject_2.png"]
     (root / "references/001/ref1.png").unlink()  # ref2 alone is used (checked in order, each independently)

@@ -19,7 +19,7 @@ TINY = f"{REPO}/configs/video_model/dit_crossattn_tiny.yaml {REPO}/configs/sampl
 STEPS = [
     "args.input_file=prompts.txt",
     f"model.conditioner_config.params.tokenizer_path={REPO}/examples/tiny_umt5_tokenizer",
-    "args.sampling_num_frames=2",
+    "args.sampling_latent_frames=2",
     "model.sampler_config.params.num_steps=2",
     "--save-latents",
 ]

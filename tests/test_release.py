@@ -26,7 +26,7 @@ RELEASE = [
     str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"),
     str(REPO / "configs/sampling/sample_wanvae_concat_14b.yaml"),
 ]
-SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2"]
+SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_latent_frames=2", "model.sampler_config.params.num_steps=2"]
 PROMPT = "A ball and a leaf.@@red.png@@green.png"
 LATENT = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
 

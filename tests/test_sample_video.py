@@ -15,7 +15,7 @@ from scripts.tiny_tokenizer import build_tiny_tokenizer
 from tests.golden import REPO
 
 TINY = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/sampling/sample_tiny.yaml")]
-SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_num_frames=2", "model.sampler_config.params.num_steps=2"]
+SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_latent_frames=2", "model.sampler_config.params.num_steps=2"]
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
             ["args.sampling_image_size=[40,48]"],
             "sampling_image_size: expected [height, width], positive multiples of 16",
         ),
-        (["args.sampling_num_frames=0"], "sampling_num_frames: must be >= 1"),
-        (["args.max_subject_nums=1"], "prompts.txt:3: 2 references, more than args.max_subject_nums = 1"),
+        (["args.sampling_latent_frames=0"], "sampling_latent_frames: must be >= 1"),
+        (["args.max_references=1"], "prompts.txt:3: 2 references, more than args.max_references = 1"),
         (["args.allow_zero_refs=false"], "prompts.txt:4: no reference images"),
         (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
         (["model.first_stage=1"], "unknown key 'model.first_stage'"),

@@ -81,7 +81,7 @@ def test_two_processes_train_and_save_in_the_official_layout(data, tmp_path, eng
         "args.eval_interval=2",
         f"args.eval_prompts={REPO / 'examples/prompts.txt'}",
         "args.eval_image_size=[32,48]",
-        "args.eval_num_frames=2",
+        "args.eval_latent_frames=2",
         "model.sampler_config.params.num_steps=2",
     ]
     train(save, data, f"args.engine={engine}", "args.train_iters=2", "args.save_interval=2", *evaluation, nproc=2)
@@ -145,7 +145,7 @@ def test_trained_checkpoint_samples_with_sample_video(data, tmp_path):
         f"args.output_dir={tmp_path / 'videos'}",
         f"args.input_file={REPO / 'examples/prompts.txt'}",
         "args.sampling_image_size=[32,48]",
-        "args.sampling_num_frames=2",
+        "args.sampling_latent_frames=2",
         "model.sampler_config.params.num_steps=2",
     ]
     cwd = os.getcwd()

@@ -68,7 +68,7 @@ def read_prompt_file(path: str | Path, max_references: int, allow_zero_refs: boo
         if not text.strip():
             raise InputError(f"{where}: the prompt text before the first '@@' is empty")
         if len(refs) > max_references:
-            raise InputError(f"{where}: {len(refs)} references, more than args.max_subject_nums = {max_references}")
+            raise InputError(f"{where}: {len(refs)} references, more than args.max_references = {max_references}")
         if not refs and not allow_zero_refs:
             raise InputError(
                 f"{where}: no reference images (expected prompt@@image1[@@image2...]); "

@@ -7,18 +7,28 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 
 import torch
 from torch import nn
 
 from sat.config import ConfigError
 from sgm.sampling import RFEulerSampler, rf_denoiser
-from sgm.util import instantiate_from_config
+from sgm.util import instantiate_from_config, seeded_random_init_
 
-ENGINE_KEYS = ("network_config", "conditioner_config", "first_stage_config", "sampler_config", "scale_factor")
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: %s have no checkpoint and were initialised randomly (seed %d). The output is noise, "
+    "useful only to check the pipeline. Real weights: put the Kaleido-14B-S2V release on disk and run the 14B "
+    "configs (README, 'Use the released weights')."
+)
 
 
-class KaleidoEngine(nn.Module):
+log = logging.getLogger("kaleido")
+
+MODEL_KEYS = ("network_config", "conditioner_config", "first_stage_config", "sampler_config", "scale_factor")
+
+
+class KaleidoModel(nn.Module):
     def __init__(
         self,
         network: nn.Module,
@@ -37,16 +47,16 @@ class KaleidoEngine(nn.Module):
     @classmethod
     def from_config(
         cls, model: dict, where=lambda path: "config", external_targets=(), meta_network: bool = False
-    ) -> KaleidoEngine:
+    ) -> KaleidoModel:
         """Build from the `model:` section (`network_config`, `conditioner_config`, `first_stage_config`,
         `sampler_config` as target/params nodes, and `scale_factor`).
 
         meta_network: build the DiT on the meta device (no memory, no init) for a checkpoint loaded with assign.
         """
         for key in model:
-            if key not in ENGINE_KEYS:
-                raise ConfigError(f"{where(f'model.{key}')}: unknown key 'model.{key}' (expected {list(ENGINE_KEYS)})")
-        for key in ENGINE_KEYS[:4]:
+            if key not in MODEL_KEYS:
+                raise ConfigError(f"{where(f'model.{key}')}: unknown key 'model.{key}' (expected {list(MODEL_KEYS)})")
+        for key in MODEL_KEYS[:4]:
             if key not in model:
                 raise ConfigError(f"{where('model')}: 'model.{key}' is missing")
 
@@ -67,7 +77,7 @@ class KaleidoEngine(nn.Module):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def place(self, device: torch.device, text_encoder_offload: str = "none") -> KaleidoEngine:
+    def place(self, device: torch.device, text_encoder_offload: str = "none") -> KaleidoModel:
         """Move components to `device`. text_encoder_offload: 'none' (all there), 'cpu' (the text encoder stays on
         the CPU), 'free' (only the text encoder goes there now; the DiT and VAE follow in release_text_encoder)."""
         if text_encoder_offload not in ("none", "cpu", "free"):
@@ -140,3 +150,25 @@ class KaleidoEngine(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) -> video (B, 3, 4(T − 1) + 1, 8h, 8w) float32 in [-1, 1]."""
         return self.first_stage.decode((latents / self.scale_factor).transpose(1, 2))
+
+
+def init_missing_weights(engine: KaleidoModel, dit_loaded: bool, allowed: bool, seed: int, where: str) -> None:
+    """Components without a checkpoint get seeded random weights (seed + 0/1/2 for DiT/text encoder/VAE) when
+    `allowed`, with a loud warning; otherwise one error naming them."""
+    components = {
+        "DiT": (engine.network, dit_loaded),
+        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
+        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
+    }
+    unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
+    if not unweighted:
+        return
+    if not allowed:
+        raise ConfigError(
+            f"{where}: no weights for {', '.join(unweighted)}: set args.load (DiT) and the weights_path "
+            "params of the text encoder and VAE, or args.allow_random_weights=true for a smoke test"
+        )
+    for offset, (module, has_weights) in enumerate(components.values()):
+        if not has_weights:
+            seeded_random_init_(module, seed + offset)
+    log.warning(RANDOM_WEIGHTS_WARNING, ", ".join(unweighted), seed)
