@@ -15,6 +15,7 @@ import logging
 import sys
 
 from kaleido.files import InputError, read_prompt_file
+from kaleido.parallelize import parallelize_dit
 from kaleido.pipeline import SampleArgs, build_engine, run, sharding_plan
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
@@ -65,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                 f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "",
             )
         engine = build_engine(args, config)
+        parallelize_dit(
+            engine.network,
+            resolve_device(args.device, local_rank),
+            attention_backend=args.attention_backend,
+            sequence_parallel_size=state.sp_size,
+            sequence_parallel_group=state.sp_group,
+            compile=args.compile,
+        )
         run(args, engine, lines, state, plan)
         parallel.barrier(state)  # every rank's lines are written before any process reports success
     except (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError) as err:

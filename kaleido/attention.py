@@ -66,11 +66,3 @@ def set_attention_backend(model: nn.Module, name: str, device: torch.device) -> 
         if isinstance(module, Attention):
             module.backends = None if name == "default" else list(ATTENTION_BACKENDS[name])
     return model
-
-
-def compile_blocks(model: nn.Module) -> nn.Module:
-    """Regional compilation: each transformer block is compiled in place (names unchanged); the blocks share one
-    compiled graph, so compile time is that of one block, and RoPE, norms and modulation get fused."""
-    for block in model.blocks:
-        block.compile()
-    return model

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from kaleido import files
-from kaleido.attention import ATTENTION_BACKENDS, compile_blocks, set_attention_backend
+from kaleido.attention import ATTENTION_BACKENDS
 from kaleido.checkpoint import load_dit_into
 from kaleido.model import KaleidoModel, init_missing_weights
 from kaleido.sharding import ShardingError, ShardPlan
@@ -177,9 +177,6 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoModel:
         engine, bool(args.load), args.allow_random_weights, args.random_weights_seed, config.where("args")
     )
     network = engine.network
-    set_attention_backend(network, args.attention_backend, resolve_device(args.device))
-    if args.compile:
-        compile_blocks(network)
     log.info(
         "model: DiT %d layers × %d, %s parameters, %s",
         len(network.blocks),
@@ -256,6 +253,7 @@ def run(
 ) -> list[Path]:
     """Sample the prompt lines of this data-parallel rank; returns the output folders written here.
 
+    The DiT is used as it is: the caller applies sequence parallelism, kernels and compile (kaleido.parallelize).
     Under sequence parallelism (state.sp_size > 1, `plan` from sharding_plan) every rank of the group runs the
     sampler on its chunk of the latent; the group's source rank gathers, decodes and writes.
     """
@@ -272,7 +270,6 @@ def run(
     prompts = [p for p in prompts if p.index % state.dp_size == state.dp_rank]  # line i -> DP rank i mod D
     source = state.is_sp_source
     if state.sp_size > 1:
-        parallel.enable_sequence_parallel(engine.network, state)
         engine.sampler.progress = engine.sampler.progress and source
         # CFG 'auto': the ranks of a group run the forwards together, so they take one mode.
         engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)

@@ -37,6 +37,7 @@ from kaleido import files
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into, sat_module
 from kaleido.data import SampleError, SFTDataset, collate
 from kaleido.model import KaleidoModel, init_missing_weights
+from kaleido.parallelize import FSDPSettings, parallelize_dit
 from kaleido.training import (
     REFERENCE_ENCODINGS,
     SampleOrder,
@@ -350,8 +351,18 @@ class Trainer:
         engine.first_stage.requires_grad_(False).eval().to(self.device)
         engine.conditioner.requires_grad_(False).eval().to("cpu" if args.text_encoder_device == "cpu" else self.device)
         network = engine.network.train()
-        if args.checkpoint_activations:
-            training.enable_activation_checkpointing(network)
+        fsdp = None
+        if args.engine == "fsdp2":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("dp",))
+            fsdp = FSDPSettings(
+                mesh,
+                param_dtype=torch.bfloat16 if self.settings.bf16 else torch.float32,
+                reduce_dtype=parse_dtype(args.fsdp2_reduce_dtype),
+                reshard_after_forward=args.fsdp2_reshard_after_forward,
+            )
+        parallelize_dit(network, self.device, activation_checkpointing=args.checkpoint_activations, fsdp=fsdp)
         lr_lambda = lambda step: training.annealing_lr_factor(  # noqa: E731
             step, args.train_iters, args.lr_warmup_fraction, args.finetune_warmup_steps, args.finetune_warmup_rate
         )
@@ -366,8 +377,6 @@ class Trainer:
                 lr_lambda,
                 args.decay_norm_and_modulation,
                 self.device,
-                args.fsdp2_reshard_after_forward,
-                args.fsdp2_reduce_dtype,
             )
         self.objective = TrainingObjective(
             engine.conditioner,

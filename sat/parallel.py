@@ -234,16 +234,3 @@ class UlyssesAttention(nn.Module):
             )
         q, k, v = (heads_to_sequence(t, self.size, self.group) for t in (q, k, v))
         return sequence_to_heads(self.attention(q, k, v), self.size, self.group)
-
-
-def enable_sequence_parallel(model: nn.Module, state: ParallelState) -> nn.Module:
-    """Wrap every self-attention `attend` of the DiT in UlyssesAttention (in place; a no-op when S = 1).
-
-    Cross-attention stays local: each query needs only the replicated text keys and values, so no exchange is
-    needed (the official code all-to-alls the replicated text, giving S exact duplicates of every key: quirk Q12).
-    """
-    if state.sp_size == 1:
-        return model
-    for block in model.blocks:
-        block.self_attn.attend = UlyssesAttention(block.self_attn.attend, state.sp_size, state.sp_group)
-    return model

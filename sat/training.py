@@ -14,7 +14,6 @@ either. The model knows nothing of them: sharding, mixed precision and activatio
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 log = logging.getLogger("kaleido.train")
 
@@ -114,14 +112,6 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_modul
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def enable_activation_checkpointing(model: nn.Module) -> nn.Module:
-    """Recompute each transformer block in the backward pass (one block per checkpoint), without renaming any
-    parameter: the block's own forward is wrapped, so state-dict keys stay those of the model."""
-    for block in model.blocks:
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-    return model
-
-
 @dataclass
 class StepResult:
     grad_norm: float
@@ -198,7 +188,7 @@ class DeepSpeedEngine:
 
 
 class FSDP2Engine:
-    """fully_shard per transformer block plus the root, on a 1-D data-parallel mesh; torch AdamW; DCP state."""
+    """A model already sharded with FSDP2 (kaleido.parallelize.apply_fsdp); torch AdamW; DCP state."""
 
     name = "fsdp2"
 
@@ -209,25 +199,9 @@ class FSDP2Engine:
         lr_lambda,
         decay_norm_and_modulation: bool,
         device: torch.device,
-        reshard_after_forward: bool = True,
-        reduce_dtype: str = "float32",
     ):
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         self.settings = settings
         self.device = device
-        world = dist.get_world_size()
-        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
-        reduce = {"float32": torch.float32, "bfloat16": torch.bfloat16}[reduce_dtype]
-        policy = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if settings.bf16 else torch.float32, reduce_dtype=reduce
-        )
-        for block in model.blocks:
-            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-        # Master parameters in fp32, converted after sharding: each rank holds 1/world of them, never the whole.
-        model.to(device=device, dtype=torch.float32)
         self.model = self.module = model
         groups = parameter_groups(model, settings.weight_decay, decay_norm_and_modulation)
         self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps)

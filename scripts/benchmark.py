@@ -45,11 +45,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from kaleido.attention import compile_blocks, set_attention_backend  # noqa: E402
 from kaleido.checkpoint import SAT_MODEL_FILE, load_dit_into  # noqa: E402
 from kaleido.dit import KaleidoDiT  # noqa: E402
 from kaleido.flops import dit_flops, mfu  # noqa: E402
 from kaleido.keymap import SAT_PREFIX, to_layout  # noqa: E402
+from kaleido.parallelize import parallelize_dit  # noqa: E402
 from scripts.reference_dit import ReferenceDiT  # noqa: E402
 from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_  # noqa: E402
 
@@ -279,9 +279,7 @@ def dit_benchmark(args) -> dict:
     # The accuracy of the low-precision path: the same weights in fp32 (one block: a 40-layer fp32 copy would
     # need 57 GB more), with torch's attention choice (the fused-only kernels take no fp32).
     exact = copy.deepcopy(model).float() if (args.mode == "block" and dtype != torch.float32) else None
-    set_attention_backend(model, args.attention_backend, device)
-    if args.compile:
-        compile_blocks(model)
+    parallelize_dit(model, device, attention_backend=args.attention_backend, compile=args.compile)
     batch = 2 if (args.mode == "step" and args.cfg == "batched") else 1
     x, t, context, references = dit_inputs(args.size, args.refs, batch, device)
     forwards = 2 if args.mode == "step" else 1

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from kaleido import data, io
+from kaleido import data, files
 from kaleido.data import DatasetError, SampleError, SampleSkipped, SFTDataset
 from scripts.make_dataset_index import main as index_main
 from scripts.tiny_dataset import write_tiny_dataset
@@ -104,11 +104,11 @@ def test_references_match_inference_preprocessing(mixed_ds):
     for index, sample in enumerate(mixed_ds.samples):
         refs = mixed_ds[index]["references"]
         for k, path in enumerate(sample.references):
-            expected = io.image_to_tensor(io.letterbox(io.load_reference(path, "white"), h, w))
+            expected = files.image_to_tensor(files.letterbox(files.load_reference(path, "white"), h, w))
             assert torch.equal(refs[k], expected), (sample.id, path.name)
     # ref2.png is RGBA with a transparent border: composited onto white, unlike 'drop'
     rgba = next(s for s in mixed_ds.samples if len(s.references) >= 2).references[1]
-    dropped = io.image_to_tensor(io.letterbox(io.load_reference(rgba, "drop"), h, w))
+    dropped = files.image_to_tensor(files.letterbox(files.load_reference(rgba, "drop"), h, w))
     white = data.load_references([rgba], SIZE, "white")[0]
     assert not torch.equal(dropped, white)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kaleido.attention import compile_blocks, set_attention_backend
+from kaleido.attention import set_attention_backend
 from kaleido.dit import KaleidoDiT
+from kaleido.parallelize import apply_compile
 from sgm.guiders import VanillaCFG
 from sgm.sampling import RFEulerSampler, rf_denoiser
 
@@ -54,7 +55,7 @@ def test_regional_compile_matches_eager(model):
     x, t, ctx, refs = inputs()
     reference = model(x, t, ctx, refs)
     names = list(model.state_dict())
-    compile_blocks(model)
+    apply_compile(model)
     assert list(model.state_dict()) == names  # checkpoints load the same
     assert (model(x, t, ctx, refs) - reference).abs().max() < 1e-5
 

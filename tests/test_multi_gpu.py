@@ -195,13 +195,14 @@ def test_local_cross_attention_equals_the_official_duplicated_text_exchange():
 def test_sequence_parallel_of_one_leaves_the_model_untouched():
     """S = 1 never wraps the attention: the single-GPU path is the plain one, at no cost."""
     from kaleido.dit import KaleidoDiT
-    from sat.parallel import ParallelState, UlyssesAttention, enable_sequence_parallel
+    from kaleido.parallelize import apply_sequence_parallel
+    from sat.parallel import UlyssesAttention
 
     model = KaleidoDiT(
         hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
     )
     before = [block.self_attn.attend for block in model.blocks]
-    enable_sequence_parallel(model, ParallelState())
+    apply_sequence_parallel(model, 1, None)
     assert [block.self_attn.attend for block in model.blocks] == before
     assert not any(isinstance(m, UlyssesAttention) for m in model.modules())
 

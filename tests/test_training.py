@@ -261,7 +261,7 @@ def test_shipped_14b_training_configs_are_consistent():
 def test_activation_checkpointing_keeps_names_and_gradients():
     """Applied from outside: the same parameter names and the same gradients, with the blocks recomputed."""
     from kaleido.dit import KaleidoDiT
-    from sat.training import enable_activation_checkpointing
+    from kaleido.parallelize import apply_activation_checkpointing
 
     torch.manual_seed(0)
     plain = KaleidoDiT(
@@ -271,7 +271,7 @@ def test_activation_checkpointing_keeps_names_and_gradients():
         hidden_size=64, num_layers=2, num_attention_heads=2, inner_hidden_size=96, text_dim=32, dtype="float32"
     )
     wrapped.load_state_dict(plain.state_dict())
-    enable_activation_checkpointing(wrapped)
+    apply_activation_checkpointing(wrapped)
     assert list(wrapped.state_dict()) == list(plain.state_dict())
     x, refs, ctx = torch.randn(1, 2, 16, 4, 6), torch.randn(1, 1, 16, 4, 6), torch.randn(1, 5, 32)
     recomputed = []

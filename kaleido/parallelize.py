@@ -1,0 +1,121 @@
+"""Everything that changes how the DiT runs, applied from outside to an unmodified `KaleidoDiT`, in one place.
+
+The model's own code knows nothing of process groups, kernels, recomputation or sharding (torchtitan's
+`parallelize_*` functions are the model). `parallelize_dit` applies, in this order:
+
+    1. sequence parallelism   each self-attention's `attend` becomes a `sat.parallel.UlyssesAttention`
+    2. attention kernels      which SDPA backends every `Attention` may use (kaleido/attention.py)
+    3. activation checkpoint  each transformer block is recomputed in the backward pass
+    4. compile                each transformer block is compiled (regional: one graph shared by all blocks)
+    5. FSDP2                  `fully_shard` per block and at the root; fp32 master weights
+
+Parameter names never change, so checkpoints save and load the same with or without any of these. A DiT is
+parallelized once: a second call is an error (it would wrap the attention twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kaleido.attention import set_attention_backend
+from sat.parallel import UlyssesAttention
+
+_APPLIED = "_kaleido_parallelized"  # marker attribute on the root module: what parallelize_dit applied
+
+
+@dataclass(frozen=True)
+class FSDPSettings:
+    """How FSDP2 shards the DiT over a 1-D data-parallel device mesh."""
+
+    mesh: object  # torch.distributed.device_mesh.DeviceMesh
+    param_dtype: torch.dtype = torch.bfloat16  # dtype of the gathered parameters in forward and backward
+    reduce_dtype: torch.dtype = torch.float32  # dtype of the gradient reduce-scatter
+    reshard_after_forward: bool = True
+
+
+def apply_sequence_parallel(model: nn.Module, size: int, group) -> None:
+    """Ulysses around every self-attention (S = `size` ranks of `group`); a no-op when S = 1.
+
+    Cross-attention stays local: each query needs only the replicated text keys and values, so no exchange is
+    needed (the official code exchanges the replicated text too, which gives S identical copies of every key:
+    quirk Q12, docs/design/quirks.md).
+    """
+    if size == 1:
+        return
+    for block in model.blocks:
+        if isinstance(block.self_attn.attend, UlyssesAttention):
+            raise ValueError("sequence parallelism is already applied to this DiT")
+        block.self_attn.attend = UlyssesAttention(block.self_attn.attend, size, group)
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (one block per checkpoint), through torch's
+    composable `checkpoint`: hooks on the block, no wrapper module, so state-dict keys stay the model's."""
+    from torch.distributed._composable import checkpoint
+
+    for block in model.blocks:
+        checkpoint(block, use_reentrant=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Regional compilation: each block is compiled in place (names unchanged); the blocks share one compiled
+    graph, so compile time is that of one block, and RoPE, norms and modulation get fused."""
+    for block in model.blocks:
+        block.compile()
+
+
+def apply_fsdp(model: nn.Module, settings: FSDPSettings, device: torch.device) -> None:
+    """`fully_shard` each block, then the root (which takes the embeddings and the head), then keep the master
+    weights in fp32 on `device`: converted after sharding, each rank holds 1/world of them, never the whole.
+
+    Forward inputs are not cast (`cast_forward_inputs=False`): the DiT casts the latents, references and text
+    itself, and casting the time input 1000·σ to bf16 would round it to steps of 4 in [512, 1000).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(
+        param_dtype=settings.param_dtype, reduce_dtype=settings.reduce_dtype, cast_forward_inputs=False
+    )
+    for block in model.blocks:
+        fully_shard(block, mesh=settings.mesh, mp_policy=policy, reshard_after_forward=settings.reshard_after_forward)
+    fully_shard(model, mesh=settings.mesh, mp_policy=policy, reshard_after_forward=settings.reshard_after_forward)
+    model.to(device=device, dtype=torch.float32)
+
+
+def parallelize_dit(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    attention_backend: str = "default",
+    sequence_parallel_size: int = 1,
+    sequence_parallel_group=None,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    fsdp: FSDPSettings | None = None,
+) -> nn.Module:
+    """Apply the chosen transforms to `model` in place (module docstring for the order); returns `model`.
+
+    attention_backend: see kaleido.attention.set_attention_backend ('auto' = fused kernels only on a GPU).
+    sequence_parallel_size, sequence_parallel_group: the Ulysses degree S and the ranks sharing one video.
+    """
+    applied = getattr(model, _APPLIED, None)
+    if applied is not None:
+        raise ValueError(f"this DiT was already parallelized ({applied}); parallelize_dit applies once")
+    apply_sequence_parallel(model, sequence_parallel_size, sequence_parallel_group)
+    set_attention_backend(model, attention_backend, device)
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
+    if fsdp is not None:
+        apply_fsdp(model, fsdp, device)
+    setattr(
+        model,
+        _APPLIED,
+        f"sequence parallel {sequence_parallel_size}, attention {attention_backend}, "
+        f"activation checkpointing {activation_checkpointing}, compile {compile}, FSDP2 {fsdp is not None}",
+    )
+    return model
