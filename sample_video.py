@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
         )
         run(args, engine, lines, state, plan)
-        parallel.barrier(state)  # every rank's lines are written before any process reports success
+        parallel.wait_for_all_ranks(state)  # every rank's lines are written before any process reports success
     except (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError) as err:
         print(f"{rank_tag}error: {err}", file=sys.stderr)
         return 2

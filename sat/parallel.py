@@ -18,6 +18,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# One rank may decode and write a video, or convert a checkpoint, while the others wait at the next collective.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+FINISH_TIMEOUT = datetime.timedelta(days=7)
+
 
 class ParallelConfigError(ValueError):
     """An impossible parallel layout; the message names the setting."""
@@ -32,6 +36,7 @@ class ParallelState:
     sp_group: object | None = None  # torch ProcessGroup of this rank's sequence-parallel block (None when S = 1)
     dp_group: object | None = None  # torch ProcessGroup of this rank's data-parallel set (None when D = 1)
     comm_device: torch.device = torch.device("cpu")  # where collectives' tensors live (this GPU for nccl)
+    finish_group: object | None = None  # gloo group of all ranks with a long timeout, for the end-of-run wait
 
     @property
     def dp_size(self) -> int:
@@ -106,18 +111,20 @@ def initialize(sp_size: int, device: torch.device) -> ParallelState:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl collectives and object broadcasts use the current device
     if not dist.is_initialized():
-        # A generous timeout: one rank may decode and write a video while the others wait at the next collective.
-        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(minutes=60))
+        dist.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
     sp_group = dp_group = None
-    # Every rank must create every group, in the same order.
+    # Every rank must create every group, in the same order. Subgroups do not inherit the world's timeout.
     for dp in range(world_size // sp_size):
-        group = dist.new_group(list(range(dp * sp_size, (dp + 1) * sp_size)))
+        group = dist.new_group(list(range(dp * sp_size, (dp + 1) * sp_size)), timeout=COLLECTIVE_TIMEOUT)
         if rank // sp_size == dp:
             sp_group = group
     for sp in range(sp_size):
-        group = dist.new_group(list(range(sp, world_size, sp_size)))
+        group = dist.new_group(list(range(sp, world_size, sp_size)), timeout=COLLECTIVE_TIMEOUT)
         if rank % sp_size == sp:
             dp_group = group
+    # The end-of-run wait: data-parallel groups may finish hours apart (a resumed run), longer than any
+    # collective timeout. A CPU (gloo) group with its own long timeout waits without a GPU watchdog.
+    finish_group = dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
     return ParallelState(
         world_size,
         rank,
@@ -126,6 +133,7 @@ def initialize(sp_size: int, device: torch.device) -> ParallelState:
         sp_group if sp_size > 1 else None,
         dp_group if world_size // sp_size > 1 else None,
         device if backend == "nccl" else torch.device("cpu"),
+        finish_group,
     )
 
 
@@ -170,9 +178,10 @@ def all_ranks_true(flag: bool, device: torch.device, group=None) -> bool:
     return bool(value.item())
 
 
-def barrier(state: ParallelState) -> None:
+def wait_for_all_ranks(state: ParallelState) -> None:
+    """End of a run: every rank has finished its work (FINISH_TIMEOUT, not the collective timeout)."""
     if state.world_size > 1:
-        dist.barrier()
+        dist.barrier(group=state.finish_group)
 
 
 # ------------------------------------------------------------------------------------------------------- Ulysses
