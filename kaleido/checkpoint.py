@@ -1,4 +1,4 @@
-"""Reading DiT weights from the official formats (spec dit.md §7.4, training.md §11).
+"""Reading DiT weights from the official formats (docs/design/training.md, weight formats).
 
 Accepted: a SAT checkpoint directory (`latest` naming an iteration folder holding `mp_rank_00_model_states.pt`),
 a `.pt`/`.pth` file (a `{'module': state_dict}` container or a bare state dict), a `.safetensors` file, or a folder
@@ -220,7 +220,7 @@ def write_sat_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Write `<directory>/<iteration>/mp_rank_00_model_states.pt` = {'module': {'model.diffusion_model.' + SAT key},
-    **client_state} and then `<directory>/latest` (spec training.md §11.1). `dit_state_dict` is in our layout.
+    **client_state} and then `<directory>/latest` (docs/design/training.md). `dit_state_dict` is in our layout.
 
     The iteration folder is written under a temporary name and renamed; `latest` is replaced last, so an
     interrupted write never leaves `latest` naming an incomplete iteration. Other iterations are kept.

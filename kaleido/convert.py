@@ -1,4 +1,4 @@
-"""Checkpoint conversion and inspection (spec training.md §11-13, dit.md §7).
+"""Checkpoint conversion and inspection (docs/design/training.md: weight formats, key mapping).
 
 Layouts: 'wan' = Wan2.1 `WanModel` names (q, k, v separate tensors), 'diffusers' = `WanTransformer3DModel` names,
 'sat' = official SAT names under `model.diffusion_model.` (q|k|v and k|v fused along dim 0), 'ours' = kaleido.dit.

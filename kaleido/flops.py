@@ -1,4 +1,4 @@
-"""Model FLOPs of the DiT (spec performance.md §1-2): 2·M·N·K per GEMM, 4·L²·D per self-attention layer, 4·L·Lt·D
+"""Model FLOPs of the DiT (docs/design/performance.md): 2·M·N·K per GEMM, 4·L²·D per self-attention layer, 4·L·Lt·D
 per cross-attention layer; norms, RoPE and element-wise work are not counted. MFU divides by a peak rate."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 H200_DENSE_BF16_PEAK = 989e12  # datasheet TFLOP/s used for MFU (H100 and H200)
-H200_MEASURED_GEMM = 790e12  # bf16 GEMM ceiling measured on the reference H200 (spec performance.md §1)
+H200_MEASURED_GEMM = 790e12  # bf16 GEMM ceiling measured on the reference H200 (docs/design/performance.md)
 
 
 @dataclass(frozen=True)

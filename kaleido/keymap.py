@@ -2,7 +2,8 @@
 
 The official SAT layout (what Kaleido checkpoints hold, under the prefix `model.diffusion_model.`) fuses q|k|v and
 k|v exactly like this project, so it is a pure rename. Wan2.1 and diffusers store q, k, v separately; their fused
-tensors are concatenated along dim 0 in the order q, k, v (self) and k, v (cross). Spec: dit.md §7.
+tensors are concatenated along dim 0 in the order q, k, v (self) and k, v (cross). See docs/design/training.md
+(key mapping) and docs/design/model.md (parameter names).
 
 Every conversion is strict: keys that the layout does not know and keys it expects but does not find are reported
 by name, grouped over layers.

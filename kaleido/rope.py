@@ -1,7 +1,7 @@
 """3D rotary position embedding with Kaleido's reference placement (R-RoPE), computed from integer positions.
 
 Every token has an integer position (t, h, w). Video token (frame f, row i, column j) sits at (f, i, j), exactly
-as in Wan2.1. Reference tokens sit at positions chosen by the official flags (spec dit.md §4.3); with the released
+as in Wan2.1. Reference tokens sit at positions chosen by the official flags (docs/design/model.md); with the released
 flags reference k, row i, column j sits at (k, 80 + i, 80 + j). Angles are computed on the fly from positions, so
 any T, H, W, number of references and sequence-parallel offset works without a precomputed table.
 """
@@ -29,7 +29,7 @@ def inverse_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ReferencePlacement:
-    """Where reference tokens sit in (t, h, w) (official flag names in brackets; spec dit.md §4.3).
+    """Where reference tokens sit in (t, h, w) (official flag names in brackets; docs/design/model.md).
 
     shift_t [shiftT]: False -> references are not rotated at all.
     shift_h, shift_w [shiftH, shiftW]: False -> no reference offset on that axis.

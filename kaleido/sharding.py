@@ -1,4 +1,4 @@
-"""How a latent is split for sequence parallelism (spec sampling.md §13.3, official rule).
+"""How a latent is split for sequence parallelism (official rule; docs/design/sampling.md).
 
 With latent (H, W) and degree S: chunk along H when H/S is an even integer, else along W when W/S is an even
 integer, else the degree is illegal for this shape. ("Even" keeps every chunk a whole number of 2×2 patches.)

@@ -1,4 +1,4 @@
-"""Write a tiny dataset in the official training layout (spec training.md §6.1) for tests.
+"""Write a tiny dataset in the official training layout (docs/design/training.md) for tests.
 
     write_tiny_dataset(tmp_path / "data")     # 4 good samples: 64x96 px, 40 frames at 16 fps, 1-3 references
 

@@ -1,4 +1,4 @@
-"""Build a tiny umT5-style SentencePiece tokenizer offline (components.md §D3), for tests and smoke configs.
+"""Build a tiny umT5-style SentencePiece tokenizer offline (docs/design/components.md), for tests and smoke configs.
 
     python scripts/tiny_tokenizer.py OUT_DIR
 

@@ -1,4 +1,4 @@
-"""Rectified-flow training loss (spec training.md §2–3).
+"""Rectified-flow training loss (docs/design/training.md).
 
 σ = shift(sigmoid(n)), n ~ N(p_mean, p_std), shifted by e^μ with μ from the spatial latent size;
 x_σ = (1 − σ)·x₀ + σ·ε; the network predicts v̂ at time 1000·σ with clean references; the loss is the per-sample

@@ -1,4 +1,4 @@
-"""Rectified-flow Euler sampling with classifier-free guidance (spec sampling.md §9–10).
+"""Rectified-flow Euler sampling with classifier-free guidance (docs/design/sampling.md).
 
 x_σ = (1 − σ)·x₀ + σ·ε and the network predicts the velocity v = ε − x₀, so one Euler step from σ_i to σ_{i+1} is
 x ← x + (σ_{i+1} − σ_i)·v. The state stays float32 whatever the network's dtype.

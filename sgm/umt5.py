@@ -1,6 +1,6 @@
 """umT5-XXL text encoder (encoder only), with the key names of Wan2.1's `models_t5_umt5-xxl-enc-bf16.pth`.
 
-Math (components.md §B2), per block i:
+Math (docs/design/components.md), per block i:
     x = x + Attn_i(LN1_i(x), key_mask, bias_i)
     x = x + FFN_i(LN2_i(x))
 then a final LN. LN is T5's RMS norm (fp32 statistics, cast to the weight dtype, then x weight); the FFN is
@@ -152,7 +152,7 @@ class Block(nn.Module):
 
 
 class UMT5Encoder(nn.Module):
-    """umT5 encoder; state-dict keys exactly those of models_t5_umt5-xxl-enc-bf16.pth (components.md §B3).
+    """umT5 encoder; state-dict keys exactly those of models_t5_umt5-xxl-enc-bf16.pth (docs/design/components.md).
 
     Defaults are umT5-XXL: 242 tensors, 5,680,910,336 parameters. Dropout is omitted (the encoder is frozen
     and always used in eval mode).

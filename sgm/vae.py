@@ -1,14 +1,14 @@
-"""The Wan2.1 causal 3D VAE (spec components.md part A), with the state-dict layout of `Wan2.1_VAE.pth`.
+"""The Wan2.1 causal 3D VAE (docs/design/components.md), with the state-dict layout of `Wan2.1_VAE.pth`.
 
 Layouts at the public boundary (`WanVAE.encode` / `WanVAE.decode`):
   pixels   (B, 3, T, H, W)          values in [-1, 1], T = 1 + 4n, H and W multiples of 8
-  latents  (B, z_dim, 1 + n, H/8, W/8)  normalised as (mu - mean) * (1/std) per channel (spec A5)
+  latents  (B, z_dim, 1 + n, H/8, W/8)  normalised as (mu - mean) * (1/std) per channel (latent normalisation)
 
-Time is processed causally in chunks (spec A4): the encoder sees frame 0, then 4 frames at a time; the decoder
+Time is processed causally in chunks: the encoder sees frame 0, then 4 frames at a time; the decoder
 one latent frame at a time. Every 3-tap causal conv keeps the last CACHE_T = 2 frames of its own input between
 chunks in a `FeatureCache` that lives for one encode/decode call only.
 
-dtype (spec A6): with `dtype="float32"` everything is fp32 (Wan2.1 numerics). With `dtype="bfloat16"` the
+dtype: with `dtype="float32"` everything is fp32 (Wan2.1 numerics). With `dtype="bfloat16"` the
 CUDA-autocast semantics of Kaleido are reproduced explicitly, so CPU and GPU compute the same thing: bf16
 weights, every conv casts its input to bf16, RMS norms and SiLU in fp32, residual adds and attention in bf16.
 """
@@ -28,7 +28,7 @@ from sgm.weights import load_state_dict_strict, read_tensor_file
 
 CACHE_T = 2  # frames of context each causal conv keeps between chunks (kernel 3 -> 2 previous frames)
 
-# Per-channel latent statistics of Wan2.1 (identical in Wan2.1, Kaleido and diffusers; spec A5).
+# Per-channel latent statistics of Wan2.1 (identical in Wan2.1, Kaleido and diffusers; docs/design/components.md).
 WAN_LATENT_MEAN: tuple[float, ...] = (
     -0.7571,
     -0.7089,
@@ -115,7 +115,7 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
         self.causal_padding = _triple(padding)  # (p_t, p_h, p_w)
         # A 1-frame chunk without context only meets zero frames except in the last kernel slice, so a 2-D conv
-        # with that slice is the same math at 1/k_t of the cost (spec A8). Plain attribute: tests switch it off.
+        # with that slice is the same math at 1/k_t of the cost. Plain attribute: tests switch it off.
         self.single_frame_as_2d = True
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
@@ -238,7 +238,7 @@ class AttentionBlock(nn.Module):
 
 
 class Resample(nn.Module):
-    """Spatial ×2 up/down sampling per frame, with an optional causal ×2 temporal part (spec A2 table).
+    """Spatial ×2 up/down sampling per frame, with an optional causal ×2 temporal part (docs/design/components.md).
 
     downsample2d / downsample3d: (B, C, T, H, W) -> (B, C, T', H/2, W/2); 3d halves time after the first chunk.
     upsample2d / upsample3d: (B, C, T, H, W) -> (B, C/2, T', 2H, 2W); 3d doubles time after the first chunk.
@@ -297,7 +297,7 @@ def _run_layers(layers: nn.Module, x: torch.Tensor, cache: FeatureCache) -> torc
 
 
 class Encoder3d(nn.Module):
-    """(B, 3, T_chunk, H, W) pixels -> (B, z_channels, T_chunk', H/8, W/8) for one causal chunk (spec A3)."""
+    """(B, 3, T_chunk, H, W) pixels -> (B, z_channels, T_chunk', H/8, W/8) for one causal chunk."""
 
     def __init__(
         self,
@@ -342,7 +342,7 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    """(B, z_dim, T_chunk, h, w) latents -> (B, 3, T_chunk', 8h, 8w) pixels for one causal chunk (spec A3)."""
+    """(B, z_dim, T_chunk, h, w) latents -> (B, 3, T_chunk', 8h, 8w) pixels for one causal chunk."""
 
     def __init__(
         self,
@@ -410,8 +410,9 @@ class WanVAE(nn.Module):
     Call `encode`/`decode` under `torch.no_grad()` (or inference mode) when no gradients are wanted.
 
     Args:
-        dim, z_dim, dim_mult, num_res_blocks, attn_scales, temporal_downsample, dropout: architecture (spec A1;
-            the defaults are the real model). The decoder upsamples in time where the encoder downsampled.
+        dim, z_dim, dim_mult, num_res_blocks, attn_scales, temporal_downsample, dropout: architecture
+            (docs/design/components.md; the defaults are the real model). The decoder upsamples in time where the
+            encoder downsampled.
         dtype: weights and compute dtype of the encoder (and decoder): 'float32' = Wan2.1 numerics,
             'bfloat16' = Kaleido numerics (CUDA autocast semantics, made explicit).
         decode_dtype: dtype of `conv2` and the decoder; None = `dtype`.

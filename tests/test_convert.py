@@ -1,6 +1,6 @@
 """Checkpoint conversion and inspection (kaleido/convert.py, scripts/convert_checkpoint.py).
 
-Spec training.md §11-13 (SAT directory, Wan2.1 -> SAT conversion, release layout) and dit.md §7 (keys, shapes).
+See docs/design/training.md (SAT directory, Wan2.1 -> SAT conversion, weight formats, key mapping).
 Fixtures are tiny DiTs; the 14B mapping is checked on the meta device (no memory).
 """
 
@@ -107,7 +107,7 @@ def test_wan_to_sat_to_wan_and_safetensors_are_bitwise(tmp_path, dtype):
     container = torch.load(tmp_path / "sat/1/mp_rank_00_model_states.pt", weights_only=True)
     module = container["module"]
     assert len(module) == 15 + 2 * 21 and all(k.startswith(SAT_PREFIX) for k in module)
-    # dit.md §7.1, independently of the key map: q|k|v and k|v concatenated along dim 0
+    # The official layout (docs/design/model.md), independently of the key map: q|k|v and k|v concatenated along dim 0
     qkv = torch.cat([originals[f"blocks.1.self_attn.{p}.weight"] for p in "qkv"])
     assert torch.equal(module[SAT_PREFIX + "transformer.layers.1.attention.query_key_value.weight"], qkv)
     kv = torch.cat([originals[f"blocks.0.cross_attn.{p}.bias"] for p in "kv"])

@@ -9,7 +9,7 @@ from kaleido.keymap import SAT_PREFIX, KeyMismatchError, from_layout, to_layout,
 from sgm.weights import WeightsError, load_state_dict_strict
 from tests.golden import REPO, manifest, tensors
 
-# Shapes of the 14B release, spec dit.md §7.1.
+# Shapes of the 14B release (docs/design/model.md).
 GLOBAL_14B = {
     "mixins.patch_embed.proj.weight": [5120, 16, 1, 2, 2],
     "mixins.patch_embed.proj.bias": [5120],

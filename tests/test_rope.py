@@ -122,7 +122,8 @@ def test_half_split_rotation_pairs_m_with_m_plus_half():
 
 
 def test_official_bf16_rotation_rounds_like_the_official_formula():
-    """float32_math=False: x·cos and rotate(x)·sin rounded to bf16, then their bf16 sum (spec dit.md §4.5)."""
+    """float32_math=False: x·cos and rotate(x)·sin rounded to bf16, then their bf16 sum (quirk Q11,
+    docs/design/model.md)."""
     pos = token_positions(2, 2, (2, 3), RELEASED)
     cos, sin = rope_cos_sin(pos, 32)
     x = torch.randn(1, pos.shape[0], 2, 32).bfloat16()

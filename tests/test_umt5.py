@@ -1,5 +1,5 @@
 """umT5 encoder: golden parity (official Wan2.1 T5Encoder), HF UMT5EncoderModel oracle, real-size key layout,
-strict loading (components.md §B, §C, §D2)."""
+strict loading (docs/design/components.md)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ WAN_TO_HF_BLOCK = {
 
 
 def wan_to_hf(state_dict: dict) -> dict:
-    """Spec C1 key map, Wan -> HF UMT5EncoderModel."""
+    """Key map Wan -> HF UMT5EncoderModel (docs/design/components.md)."""
     out = {}
     for key, value in state_dict.items():
         if key == "token_embedding.weight":
@@ -148,7 +148,7 @@ def test_hf_oracle_fp32_bitwise():
 def _eager_fp32_softmax(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs
 ):
-    """HF eager attention with the softmax in fp32 (spec C2: then bf16 matches Wan bitwise)."""
+    """HF eager attention with the softmax in fp32 (then bf16 matches Wan bitwise; docs/design/components.md)."""
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if position_bias is not None:
         scores = scores + position_bias

@@ -1,6 +1,6 @@
 """Wan2.1 VAE (sgm/vae.py): golden parity, diffusers oracle, causal-chunking properties, loading, dtypes.
 
-Tiny configurations (dim 8) keep the whole file fast on CPU; spec components.md part A and §D1.
+Tiny configurations (dim 8) keep the whole file fast on CPU; see docs/design/components.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TINY = dict(
     dim=8, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(), temporal_downsample=(False, True, True)
 )
 
-# spec A5: the constants as Kaleido's bf16 wrapper actually uses them
+# The constants as Kaleido's bf16 wrapper actually uses them (docs/design/components.md)
 MEAN_BF16 = [
     -0.7578125,
     -0.70703125,
@@ -67,7 +67,8 @@ INV_STD_BF16 = [
 
 
 def _randomise(vae: WanVAE, seed: int = 0) -> WanVAE:
-    """Give the norm gains and the zero-initialised attention projections non-trivial values (spec D1)."""
+    """Give the norm gains and the zero-initialised attention projections non-trivial values
+    (docs/design/components.md, tiny test models)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in vae.named_parameters():
