@@ -29,7 +29,8 @@ class Attention(nn.Module):
     """softmax(q kᵀ / sqrt(head_dim)) v over all keys, no mask.
 
     q: (B, Lq, heads, head_dim); k, v: (B, Lk, heads, head_dim) -> (B, Lq, heads, head_dim).
-    `backends`: the SDPA kernels allowed (None: torch's own choice, which may fall back to MATH).
+    `backends`: the SDPA kernels allowed, tried in this order (None: torch's own choice, which may fall back to
+    MATH).
     """
 
     def __init__(self):
@@ -37,7 +38,8 @@ class Attention(nn.Module):
         self.backends: list[SDPBackend] | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        allowed = sdpa_kernel(self.backends) if self.backends else contextlib.nullcontext()
+        # set_priority: without it torch only enables the listed kernels and tries them in its own order.
+        allowed = sdpa_kernel(self.backends, set_priority=True) if self.backends else contextlib.nullcontext()
         try:
             with allowed:
                 out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -47,7 +49,8 @@ class Attention(nn.Module):
             names = ", ".join(b.name for b in self.backends)
             raise RuntimeError(
                 f"no allowed attention kernel ({names}) accepts q {tuple(q.shape)} {q.dtype} on {q.device}: "
-                "the fused kernels need bf16/fp16 inputs on a supported GPU; args.attention_backend=default "
+                "flash and cuDNN attention need bf16/fp16 inputs on a supported GPU (the efficient kernel also "
+                "takes fp32); args.attention_backend=default "
                 "permits torch's MATH fallback (memory grows with the square of the sequence)"
             ) from None
         return out.transpose(1, 2)

@@ -219,7 +219,8 @@ class KaleidoDiT(nn.Module):
             sequence = sequence + [refs] if self.placement.end_concat else [refs] + sequence
         frames_in = torch.cat(sequence, dim=1)  # (B, N + T, C, H, W)
 
-        tokens = self.patch_embedding(frames_in.transpose(1, 2)).flatten(2).transpose(1, 2)  # (B, L, D)
+        # (B, D, L) -> (B, L, D), made contiguous once: a transposed residual stream would cost a copy in every norm.
+        tokens = self.patch_embedding(frames_in.transpose(1, 2)).flatten(2).transpose(1, 2).contiguous()
         time_embedding = self.time_embedding(timestep_sinusoid(timesteps, self.time_freq_dim).to(dtype))
         adaln = self.time_projection(time_embedding).unflatten(1, (6, self.hidden_size))
         context = self.text_embedding(context.to(dtype))

@@ -51,7 +51,7 @@ from kaleido.flops import dit_flops, mfu  # noqa: E402
 from kaleido.keymap import SAT_PREFIX, to_layout  # noqa: E402
 from kaleido.parallelize import parallelize_dit  # noqa: E402
 from scripts.reference_dit import ReferenceDiT  # noqa: E402
-from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_  # noqa: E402
+from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_, use_exact_fp32  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"
 
@@ -352,7 +352,12 @@ def vae_benchmark(args) -> dict:
     latents = torch.randn(1, 16, frames, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timing = time_runs(lambda: vae.decode(latents), device, args.warmup, args.repeats)
+
+    def decode():
+        with torch.inference_mode():  # no autograd graph: at real size it would not fit, and would skew the numbers
+            return vae.decode(latents)
+
+    timing = time_runs(decode, device, args.warmup, args.repeats)
     return {
         "latent": [frames, h, w],
         "video_frames": 4 * (frames - 1) + 1,
@@ -626,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("block", "step", "e2e-tiny"):
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
     args = parser.parse_args(argv)
+    use_exact_fp32()  # the fp32 references and the fp32 VAE are exact fp32, as on the CPU
     if args.mode in runners:
         record = {
             "mode": args.mode,

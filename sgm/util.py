@@ -19,6 +19,14 @@ _DTYPES = {
 }
 
 
+def use_exact_fp32() -> None:
+    """fp32 math means fp32 on a GPU too: no TF32 in CUDA matmuls or cuDNN convolutions (torch allows TF32
+    convolutions by default), so fp32 runs (the VAE, the parity configs, fp32 references) match the CPU to
+    rounding instead of ~1e-3. bf16 and fp16 math is unaffected. Process-wide; the entry points call it."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+
+
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:
     """Map a config dtype name ('float32'/'fp32', 'bfloat16'/'bf16', 'float16'/'fp16') to a torch dtype."""
     if isinstance(value, torch.dtype):
