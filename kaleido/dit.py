@@ -1,4 +1,6 @@
-"""The Kaleido DiT: Wan2.1-T2V architecture with reference latents prepended to the video tokens (spec dit.md).
+"""The Kaleido DiT: Wan2.1-T2V architecture with reference latents prepended to the video tokens.
+
+Design notes: docs/design/model.md (blocks, RoPE and R-RoPE, the reference path in full).
 
 Layouts at the public boundary (`KaleidoDiT.forward`):
   x           (B, T, C, H, W)   noisy video latents
@@ -7,6 +9,19 @@ Layouts at the public boundary (`KaleidoDiT.forward`):
   references  (B or 1, N, C, H, W)   clean reference latents (N may be 0)
   returns     (B, T, C_out, H, W) velocity prediction for the video frames only
 Inside: tokens (B, L, D); attention heads (B, L, heads, head_dim).
+
+How a reference image becomes tokens (the sampling job; training differs only in where images come from):
+  1. load and letterbox   kaleido/files.py: read by content, RGB (alpha onto white), fit inside (H, W), white pad
+  2. VAE encode           KaleidoModel.encode_references: each image its own 1-frame video -> (1, N, C, h, w)
+  3. shard                kaleido/sharding.py: under sequence parallelism each rank keeps the same H or W window
+                          of the references as of the noise
+  4. guider               sgm/guiders.py: the same clean references in both CFG branches (guidance is text-only)
+  5. prepend              KaleidoDiT.forward: concatenated before the T video frames -> (B, N + T, C, h, w), then
+                          the shared patch embedding -> N·h'·w' reference tokens at the start of the sequence
+  6. R-RoPE               kaleido/rope.py token_positions: with the release flags, reference k's token (i, j) sits
+                          at (t, row, column) = (k, max_h + i, max_w + j), max_h = max_w = 80 tokens: off the
+                          video's rows and columns for video up to 1280 px
+  7. drop before the head the reference tokens are sliced off; only the T video frames are unpatchified
 """
 
 from __future__ import annotations

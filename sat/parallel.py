@@ -1,4 +1,4 @@
-"""Process groups and sequence-parallel communication (spec sampling.md §13).
+"""Process groups and sequence-parallel communication (docs/design/sampling.md, sequence parallelism).
 
 World W = data parallel D × sequence parallel S (official grouping): the sequence-parallel group of global rank r
 is the contiguous block [dp·S, (dp + 1)·S) with dp_rank = r // S and sp_rank = r mod S; its first rank (dp·S) is

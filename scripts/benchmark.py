@@ -10,7 +10,7 @@
     python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
 Timings: median, min, max and interquartile range over --repeats runs after --warmup runs (CUDA synchronised).
-`block` and `step` report model FLOPs (kaleido/flops.py, spec performance.md §2), achieved TFLOP/s and MFU
+`block` and `step` report model FLOPs (kaleido/flops.py, docs/design/performance.md), achieved TFLOP/s and MFU
 (of 989 TFLOP/s), the SDPA kernels that actually ran (profiler), peak memory and the software versions.
 `--compare` times scripts/reference_dit.py (the same math written in the official eager style) on the same
 weights and inputs in the same process and reports the speed ratio and the relative difference of the outputs.
