@@ -101,17 +101,31 @@ def check_layout(world_size: int, sp_size: int) -> None:
         )
 
 
+def init_process_group(device: torch.device, world_of_one: bool = False) -> None:
+    """Join the torchrun world (env:// rendezvous): nccl when the ranks use CUDA devices (this rank's GPU made the
+    current device), gloo on CPU, COLLECTIVE_TIMEOUT (one rank may decode and write a video, or rank 0 write a
+    28.6 GB checkpoint, while the others wait). A plain process (no torchrun) joins nothing unless `world_of_one`:
+    then it becomes a world of one (the training engines need a process group)."""
+    if "RANK" not in os.environ:
+        if not world_of_one:
+            return
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives and object broadcasts use the current device
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
+
+
 def initialize(sp_size: int, device: torch.device) -> ParallelState:
     """Join the torchrun world (if any) and build the sequence- and data-parallel groups."""
     world_size, rank, local_rank = launched_world()
     check_layout(world_size, sp_size)
     if world_size == 1:
         return ParallelState()
+    init_process_group(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # nccl collectives and object broadcasts use the current device
-    if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
     sp_group = dp_group = None
     # Every rank must create every group, in the same order. Subgroups do not inherit the world's timeout.
     for dp in range(world_size // sp_size):
