@@ -3,25 +3,67 @@
     python sample_video.py --base configs/video_model/dit_crossattn_tiny.yaml configs/sampling/sample_tiny.yaml \
         [key=value ...] [--seed N] [--save-latents] [--overwrite]
 
-Each line `prompt@@ref1.png@@ref2.png` of args.input_file becomes args.output_dir/<line>_<slug>/ with output.mp4,
-text.txt and subject_<i>.png. Overrides such as `args.sampling_latent_frames=5` or
+Each line `prompt@@ref1.png@@ref2.png` of args.input_file becomes args.output_dir/<line index>_<prompt>/ with
+output.mp4, text.txt and subject_<i>.png. Overrides such as `args.sampling_latent_frames=5` or
 `model.sampler_config.params.num_steps=4` apply after the --base files.
+
+Exit status: 0 done; 2 a bad input or setting (one line `error: ...`, before any model work); 1 an output could not
+be written; 130 / 143 interrupted by SIGINT / SIGTERM (finished lines are complete, the current one left nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+import time
 
-from kaleido.files import InputError, read_prompt_file
+from kaleido.files import InputError, OutputError
 from kaleido.parallelize import parallelize_dit
-from kaleido.pipeline import SampleArgs, build_engine, run, sharding_plan
+from kaleido.pipeline import (
+    SampleArgs,
+    build_model,
+    check_outputs,
+    check_weight_paths,
+    read_prompts,
+    run,
+    sharding_plan,
+)
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
 from sat.parallel import resolve_device
 from sgm.util import InstantiationError
 from sgm.weights import WeightsError
+
+INPUT_ERRORS = (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError)
+# Under torchrun every rank runs the up-front checks on the same files, so one rank per node reports a failure.
+# The others exit with the same status after this delay: torchrun stops the remaining ranks when the first exits,
+# and the reporting rank must not be stopped before it has printed.
+QUIET_RANK_DELAY_S = 3.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so that the current line's temporary folder is removed on the
+    way out (pipeline.run adds `line`, the number of the line it interrupted)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    for each in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(each, signal.SIG_IGN)  # the clean-up is not interrupted by a second signal
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> dict:
+    """SIGINT and SIGTERM raise Interrupted; returns the previous handlers (restored when main returns)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {each: signal.signal(each, _interrupt) for each in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("args.save_latents=true")
     if cli.overwrite:
         overrides.append("args.overwrite=true")
+    previous_handlers = install_signal_handlers()
+    lines, state, checked = None, None, False
     try:
+        # The layout, every prompt line, reference image, output path and weight path are checked before any model
+        # work, identically on every rank.
         config = load_config(base_files, overrides)
         args = parse_args(SampleArgs, config)
-        # The layout, every prompt line and reference image are checked before any model work.
         parallel.check_layout(world_size, args.sequence_parallel_size)
         plan = sharding_plan(args, config, args.sequence_parallel_size)
-        lines = read_prompt_file(args.input_file, args.max_references, args.allow_zero_refs)
+        lines = read_prompts(args)
+        check_outputs(args, lines)
+        check_weight_paths(args, config)
+        checked = True
         state = parallel.initialize(args.sequence_parallel_size, resolve_device(args.device, local_rank))
         if not state.is_sp_source:  # the source of each sequence-parallel group reports for it
             logging.getLogger().setLevel(logging.WARNING)
@@ -65,22 +113,40 @@ def main(argv: list[str] | None = None) -> int:
                 state.describe(),
                 f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "",
             )
-        engine = build_engine(args, config)
+        model = build_model(args, config)
         parallelize_dit(
-            engine.network,
+            model.network,
             resolve_device(args.device, local_rank),
             attention_backend=args.attention_backend,
             sequence_parallel_size=state.sp_size,
             sequence_parallel_group=state.sp_group,
             compile=args.compile,
         )
-        run(args, engine, lines, state, plan)
+        run(args, model, lines, state, plan)
         parallel.wait_for_all_ranks(state)  # every rank's lines are written before any process reports success
-    except (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError) as err:
+    except INPUT_ERRORS as err:
+        if not checked and local_rank != 0:  # the same error as local rank 0, which reports it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(QUIET_RANK_DELAY_S)
+            return 2
         print(f"{rank_tag}error: {err}", file=sys.stderr)
         return 2
+    except OutputError as err:
+        print(f"{rank_tag}error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        line = getattr(err, "line", None) or (lines[0].number if lines else 1)
+        if state is None or state.is_sp_source:
+            print(
+                f"{rank_tag}interrupted at line {line}; finished lines are complete; rerun to continue",
+                file=sys.stderr,
+            )
+        return 128 + signum
     finally:
         parallel.shutdown()
+        for each, handler in previous_handlers.items():
+            signal.signal(each, handler)
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Prompt files, reference images and outputs of the sampling job (spec sampling.md §3, §4, §11, §12).
+"""Prompt files, reference images and outputs of the sampling job (docs/design/sampling.md: inputs and outputs).
 
-Every file is written to a temporary name in its destination folder and renamed into place, so an interrupted run
-never leaves a half-written output under the final name.
+Every file is written to a temporary name in its destination folder and renamed into place, and each prompt line's
+folder is built under a temporary name and renamed when complete, so an interrupted run never leaves a half-written
+output under a final name. Files and folders get the modes the umask gives (0666 / 0777 & ~umask), like open().
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import unicodedata
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +22,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 REFERENCE_SEPARATOR = "@@"
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit (89,478,485 pixels)
+FOLDER_NAME_BYTES = 200  # a line folder's name, in UTF-8 bytes: its temporary form '.<name>.<random>.partial' fits 255
+OUTPUT_NAMING = ("text", "official")
 
 
 class InputError(ValueError):
     """Bad user input; the message names the file and line."""
+
+
+class OutputError(RuntimeError):
+    """An output could not be written (disk full, unreadable result); the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -33,20 +43,40 @@ class PromptLine:
     references: tuple[Path, ...]
 
     @property
-    def slug(self) -> str:
-        """Official folder-name rule: spaces -> '_', '/' removed, ',' -> '_', first 120 characters."""
-        return self.line.replace(" ", "_").replace("/", "").replace(",", "_")[:120]
+    def number(self) -> int:
+        """The line number as the README and every message count it: from 1, blank lines included."""
+        return self.index + 1
 
-    @property
-    def folder_name(self) -> str:
-        return f"{self.index}_{self.slug}"
+    def folder_name(self, naming: str = "text") -> str:
+        """`<line index>_<slug>`: the prompt text ('text': whitespace runs -> '_') or, 'official', the whole line
+        (spaces -> '_', first 120 characters); both with '/' removed and ',' -> '_'. Control characters and '\\'
+        are dropped and the name is cut to FOLDER_NAME_BYTES UTF-8 bytes on a character boundary, so any prompt
+        gives a valid folder name."""
+        if naming == "official":
+            slug = self.line.replace(" ", "_").replace("/", "").replace(",", "_")[:120]
+        elif naming == "text":
+            slug = "_".join(self.text.split()).replace("/", "").replace(",", "_")
+        else:
+            raise ValueError(f"output_naming: expected one of {list(OUTPUT_NAMING)}, got {naming!r}")
+        slug = "".join(c for c in slug if c != "\\" and unicodedata.category(c) != "Cc")
+        return cut_utf8(f"{self.index}_{slug}", FOLDER_NAME_BYTES)
 
 
-def read_prompt_file(path: str | Path, max_references: int, allow_zero_refs: bool = True) -> list[PromptLine]:
+def cut_utf8(text: str, limit: int) -> str:
+    """The longest prefix of `text` whose UTF-8 encoding has at most `limit` bytes (never half a character)."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+def read_prompt_file(
+    path: str | Path,
+    max_references: int,
+    allow_zero_refs: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> list[PromptLine]:
     """Parse `prompt@@ref1@@ref2...` lines; blank lines are skipped but keep their index.
 
     Reference paths are relative to the working directory (as in the official script). Checks every line and
-    every reference file up front, so a bad line stops the run before any model work.
+    decodes every reference file up front, so a bad line stops the run before any model work.
     """
     file = Path(path)
     if not file.is_file():
@@ -75,24 +105,54 @@ def read_prompt_file(path: str | Path, max_references: int, allow_zero_refs: boo
                 "set args.allow_zero_refs=true for text-only (Wan2.1 T2V) sampling"
             )
         for ref in refs:
-            check_image(Path(ref), where)
+            check_image(Path(ref), where, max_image_pixels)
         prompts.append(PromptLine(index, line, text.strip(), tuple(Path(r) for r in refs)))
     if not prompts:
         raise InputError(f"{file}: no prompts (every line is blank)")
     return prompts
 
 
-def check_image(path: Path, where: str) -> None:
+@contextmanager
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, where: str = "") -> Iterator[Image.Image]:
+    """Image.open with our pixel limit in place of PIL's global one: an image of more than `max_pixels` pixels
+    (width × height, read from the header before anything is decoded) is an InputError naming the file and the
+    limit (args.max_image_pixels)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own check (a warning, then an error at twice the limit) is replaced
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with opened as image:
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise InputError(
+                f"{where + ': ' if where else ''}reference image '{path}' is {image.width}x{image.height} = "
+                f"{pixels:,} pixels, more than args.max_image_pixels = {max_pixels:,} (a decompression-bomb guard; "
+                "raise args.max_image_pixels for a large image you trust)"
+            )
+        yield image
+
+
+def check_image(path: Path, where: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """The file exists, is within the pixel limit, and decodes completely (a truncated JPEG or a PNG with corrupt
+    image data fails here, not in the middle of the run): verify() checks the structure, load() the pixels."""
     if not path.is_file():
         raise InputError(f"{where}: reference image '{path}' not found")
     try:
-        with Image.open(path) as image:
+        with open_image(path, max_pixels, where) as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        with open_image(path, max_pixels, where) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"{where}: reference image '{path}' is not a readable image ({err})") from None
 
 
-def load_reference(path: Path, alpha: str = "white") -> Image.Image:
+def load_reference(path: Path, alpha: str = "white", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image by content (the official examples are JPEGs named .png) and convert it to RGB.
 
     alpha='white' composites transparent pixels onto white (matching the white letterbox); 'drop' discards the
@@ -100,7 +160,7 @@ def load_reference(path: Path, alpha: str = "white") -> Image.Image:
     """
     if alpha not in ("white", "drop"):
         raise ValueError(f"ref_alpha: expected 'white' or 'drop', got {alpha!r}")
-    with Image.open(path) as opened:
+    with open_image(path, max_pixels) as opened:
         image = opened.copy()
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if alpha == "white" and has_alpha:
@@ -138,6 +198,29 @@ def video_to_uint8(video: torch.Tensor, rounding: str = "round") -> np.ndarray:
     return scaled.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_dir(path: str | Path) -> None:
+    """args.output_dir is a folder (or can become one) that this process may write to: checked before any model
+    work, so a typo or a read-only mount is one error up front instead of a failure after the first video."""
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "the output folder" if existing == folder else f"its parent {existing}"
+        raise InputError(f"args.output_dir={path}: {what} is not a folder (a file is in the way)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f" (its nearest existing parent {existing})"
+        raise InputError(f"args.output_dir={path}: not writable{what}")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path` (same suffix, so writers pick the format); rename on success."""
@@ -147,6 +230,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; a plain open() would give this
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -157,7 +241,7 @@ def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; on success it replaces `path` in one rename.
 
     An existing `path` is an error unless `overwrite` (then the old folder is moved aside and deleted only after
-    the new one is in place). On failure the temporary folder is removed and `path` is untouched.
+    the new one is in place). On failure or interruption the temporary folder is removed and `path` is untouched.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -165,6 +249,7 @@ def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a plain mkdir would give this
         yield tmp
         old = None
         if path.exists():
@@ -189,13 +274,54 @@ def write_png(path: Path, image: Image.Image) -> None:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """(F, H, W, 3) uint8 -> H.264 mp4 via imageio-ffmpeg (libx264, yuv420p, quality 5: the official settings)."""
+    """(F, H, W, 3) uint8 -> H.264 mp4 via imageio-ffmpeg (libx264, yuv420p, quality 5: the official settings).
+
+    The written file is read back and must hold F frames before it is renamed into place: ffmpeg can report a
+    failure (e.g. "No space left on device") only on its stderr and leave an unreadable file. Any failure is an
+    OutputError naming `path`; nothing is left under the final name.
+    """
     import imageio.v2 as imageio
 
     with atomic_path(path) as tmp:
-        writer = imageio.get_writer(tmp, fps=fps, format="FFMPEG", codec="libx264", quality=5, pixelformat="yuv420p")
         try:
-            for frame in frames:
-                writer.append_data(frame)
-        finally:
-            writer.close()
+            writer = imageio.get_writer(
+                tmp, fps=fps, format="FFMPEG", codec="libx264", quality=5, pixelformat="yuv420p"
+            )
+            try:
+                for frame in frames:
+                    writer.append_data(frame)
+            finally:
+                writer.close()
+        except Exception as err:  # imageio-ffmpeg raises OSError / RuntimeError with ffmpeg's last words
+            raise OutputError(f"{path}: writing the video failed: {_first_line(err)}") from None
+        written = count_video_frames(tmp)
+        if written != len(frames):
+            raise OutputError(
+                f"{path}: the written video is unreadable or incomplete ({written} of {len(frames)} frames read "
+                "back; is the disk full?)"
+            )
+
+
+def count_video_frames(path: Path) -> int:
+    """Frames that decode from the video at `path` (0 when it cannot be opened)."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(path, format="FFMPEG")
+    except Exception:
+        return 0
+    count = 0
+    try:
+        for _ in reader:
+            count += 1
+    except Exception:
+        pass  # a cut-off file: the frames before the damage count
+    finally:
+        reader.close()
+    return count
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if "No space left" in line or "error" in line.lower()]
+    return (useful or lines or [type(err).__name__])[0]

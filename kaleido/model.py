@@ -1,4 +1,5 @@
-"""The diffusion engine: wires text encoder + VAE + DiT + sampler (official `SATVideoDiffusionEngine`).
+"""The Kaleido model: wires text encoder + VAE + DiT + sampler (official `SATVideoDiffusionEngine`;
+docs/design/model.md). `load_model` builds it from the `model:` section with its weights, for sampling and training.
 
 Layouts: latents (B, T, C, H, W) everywhere outside the VAE; the VAE takes/returns (B, C, T, H, W).
 """
@@ -12,6 +13,7 @@ import logging
 import torch
 from torch import nn
 
+from kaleido.checkpoint import load_dit_into
 from sat.config import ConfigError
 from sgm.sampling import RFEulerSampler, rf_denoiser
 from sgm.util import instantiate_from_config, seeded_random_init_
@@ -152,13 +154,39 @@ class KaleidoModel(nn.Module):
         return self.first_stage.decode((latents / self.scale_factor).transpose(1, 2))
 
 
-def init_missing_weights(engine: KaleidoModel, dit_loaded: bool, allowed: bool, seed: int, where: str) -> None:
+def load_model(
+    model_config: dict,
+    where=lambda path: "config",
+    *,
+    checkpoint: str | None = None,
+    external_targets=(),
+    force_inference: bool = False,
+    allow_unsafe_pickle: bool = False,
+    allow_random_weights: bool = False,
+    random_weights_seed: int = 0,
+) -> KaleidoModel:
+    """The model of a `model:` section with its weights, on the CPU, in eval mode.
+
+    The text encoder and VAE read their `weights_path` params; the DiT is built on the meta device and its
+    tensors are assigned from `checkpoint` (SAT directory, .pt, .safetensors or shard folder; memory-mapped: no
+    random init, no second copy). force_inference: missing DiT keys only warn (quirk Q18, docs/design/quirks.md).
+    Components left without weights get seeded random ones when `allow_random_weights`, else one ConfigError.
+    `where(key)` names the file or override that set a config key (sat.config.Config.where).
+    """
+    model = KaleidoModel.from_config(model_config, where, external_targets, meta_network=bool(checkpoint))
+    if checkpoint:
+        load_dit_into(model.network, checkpoint, force_inference, allow_unsafe_pickle, random_weights_seed)
+    init_missing_weights(model, bool(checkpoint), allow_random_weights, random_weights_seed, where("args"))
+    return model.eval()
+
+
+def init_missing_weights(model: KaleidoModel, dit_loaded: bool, allowed: bool, seed: int, where: str) -> None:
     """Components without a checkpoint get seeded random weights (seed + 0/1/2 for DiT/text encoder/VAE) when
     `allowed`, with a loud warning; otherwise one error naming them."""
     components = {
-        "DiT": (engine.network, dit_loaded),
-        "text encoder": (engine.conditioner, bool(getattr(engine.conditioner, "weights_path", None))),
-        "VAE": (engine.first_stage, bool(getattr(engine.first_stage, "weights_path", None))),
+        "DiT": (model.network, dit_loaded),
+        "text encoder": (model.conditioner, bool(getattr(model.conditioner, "weights_path", None))),
+        "VAE": (model.first_stage, bool(getattr(model.first_stage, "weights_path", None))),
     }
     unweighted = [name for name, (_, has_weights) in components.items() if not has_weights]
     if not unweighted:

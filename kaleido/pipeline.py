@@ -1,12 +1,16 @@
-"""The sampling job: prompt file in, one folder of outputs per line out (spec sampling.md).
+"""The sampling job: prompt file in, one folder of outputs per line out (docs/design/sampling.md).
 
-Seed rule: the initial noise of prompt line `i` (0-based, blank lines counted) is drawn from a CPU
-`torch.Generator` seeded with `args.seed + i`, one (1, T, C, H, W) float32 draw per sample b = 0, 1, ...; so a
-line's result does not depend on the other lines, their order, or the number of processes.
+Lines are numbered from 1 in every message, blank lines counted (`PromptLine.number`); `PromptLine.index` is the
+0-based position used by the seed, the noise table and the folder prefix.
+
+Seed rule: the initial noise of the line with index `i` (line number i + 1) is drawn from a CPU `torch.Generator`
+seeded with `args.seed + i`, one (1, T, C, H, W) float32 draw per sample b = 0, 1, ...; so a line's result does not
+depend on the other lines, their order, or the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,8 +22,7 @@ from safetensors.torch import save_file
 
 from kaleido import files
 from kaleido.attention import ATTENTION_BACKENDS
-from kaleido.checkpoint import load_dit_into
-from kaleido.model import KaleidoModel, init_missing_weights
+from kaleido.model import KaleidoModel, load_model
 from kaleido.sharding import ShardingError, ShardPlan
 from sat import parallel
 from sat.config import Config, ConfigError
@@ -37,11 +40,12 @@ NEGATIVE_PROMPTS = {
 }
 
 TEXT_ENCODER_OFFLOAD = ("none", "cpu", "free")
+PATH_BYTES = 4096  # PATH_MAX of Linux (a whole path, in bytes)
 
 
 @dataclass
 class SampleArgs:
-    """Run settings of `sample_video.py` (the `args:` section). Quirk options name their ID in spec/README.md §5."""
+    """Run settings of `sample_video.py` (the `args:` section). Quirk options name their ID (docs/design/quirks.md)."""
 
     # Keys of earlier versions (and of the official configs) with their current names.
     RENAMED_KEYS: ClassVar[dict[str, str]] = {
@@ -71,6 +75,8 @@ class SampleArgs:
     negative_prompt: str = "@kaleido"  # '@kaleido', '@wan' or a literal text (Q6)
     save_latents: bool = False  # also write latent.safetensors (key 'latent', (B, T, C, H, W) fp32)
     overwrite: bool = False  # re-sample lines whose outputs exist
+    output_naming: str = "text"  # line folders: '<index>_<prompt text>' or 'official' (the whole line, 120 chars)
+    max_image_pixels: int = files.DEFAULT_MAX_IMAGE_PIXELS  # larger references are refused (decompression bombs)
     noise_file: str | None = None  # safetensors {'<line index>': (B, T, C, H, W)}: inject noise (Q2 parity)
     external_targets: list[str] = field(default_factory=list)  # extra allowed `target:` package prefixes
     t5_prompt: str = "text"  # Q1: 'text' (before the first @@) or 'full_line' (official)
@@ -97,12 +103,15 @@ class SampleArgs:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
         if self.max_references < 0:
             raise ValueError(f"max_references: must be >= 0, got {self.max_references}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels: must be >= 1, got {self.max_image_pixels}")
         choices = {
             "t5_prompt": ("text", "full_line"),
             "ref_alpha": ("white", "drop"),
             "uint8_rounding": ("round", "truncate"),
             "batch_output_naming": ("numbered", "overwrite"),
             "text_encoder_offload": TEXT_ENCODER_OFFLOAD,
+            "output_naming": files.OUTPUT_NAMING,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -161,22 +170,22 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
         raise ConfigError("missing weights: " + "; ".join(problems) + hint)
 
 
-def build_engine(args: SampleArgs, config: Config) -> KaleidoModel:
-    """Components from `model:`, on the CPU; DiT weights from args.load (built on the meta device and assigned from
-    the memory-mapped checkpoint: no random init, no second copy). `place_engine` moves them to the device."""
+def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
+    """The model of `model:` with its weights (kaleido.model.load_model), on the CPU, after the weight paths are
+    checked; the caller applies kaleido.parallelize, `KaleidoModel.place` moves it to the device."""
     resolve_device(args.device)  # an unavailable device is reported before any weights are read
     check_weight_paths(args, config)
-    engine = KaleidoModel.from_config(
-        config.section("model"), config.where, args.external_targets, meta_network=bool(args.load)
+    model = load_model(
+        config.section("model"),
+        config.where,
+        checkpoint=args.load,
+        external_targets=args.external_targets,
+        force_inference=args.force_inference,
+        allow_unsafe_pickle=args.allow_unsafe_pickle,
+        allow_random_weights=args.allow_random_weights,
+        random_weights_seed=args.random_weights_seed,
     )
-    if args.load:
-        load_dit_into(
-            engine.network, args.load, args.force_inference, args.allow_unsafe_pickle, args.random_weights_seed
-        )
-    init_missing_weights(
-        engine, bool(args.load), args.allow_random_weights, args.random_weights_seed, config.where("args")
-    )
-    network = engine.network
+    network = model.network
     log.info(
         "model: DiT %d layers × %d, %s parameters, %s",
         len(network.blocks),
@@ -184,7 +193,10 @@ def build_engine(args: SampleArgs, config: Config) -> KaleidoModel:
         f"{sum(p.numel() for p in network.parameters()):,}",
         str(network.dtype).removeprefix("torch."),
     )
-    return engine.eval()
+    return model.eval()
+
+
+build_engine = build_model  # the former name, still imported by scripts/benchmark.py
 
 
 def load_noise_table(args: SampleArgs, prompts: list[files.PromptLine], shape: tuple[int, ...]) -> dict | None:
@@ -196,7 +208,7 @@ def load_noise_table(args: SampleArgs, prompts: list[files.PromptLine], shape: t
         key = str(prompt.index)
         if key not in table:
             raise files.InputError(
-                f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.index + 1} (args.noise_file)"
+                f"{args.noise_file}: no tensor '{key}' for prompt line {prompt.number} (args.noise_file)"
             )
         if tuple(table[key].shape) != (args.batch_size, *shape):
             raise files.InputError(
@@ -213,6 +225,20 @@ def initial_noise(args: SampleArgs, line_index: int, shape: tuple[int, ...], tab
     return torch.cat(
         [torch.randn((1, *shape), generator=generator, dtype=torch.float32) for _ in range(args.batch_size)]
     )
+
+
+def check_outputs(args: SampleArgs, prompts: list[files.PromptLine]) -> None:
+    """args.output_dir can be written, and no line folder would exceed the file system's path limit: checked before
+    any model work (folder names are valid by construction: PromptLine.folder_name)."""
+    files.check_output_dir(args.output_dir)
+    root = Path(args.output_dir).absolute()
+    for prompt in prompts:
+        path = root / prompt.folder_name(args.output_naming) / "output_000.mp4"
+        if len(bytes(path)) >= PATH_BYTES:
+            raise files.InputError(
+                f"{args.input_file}:{prompt.number}: the output path {path} would be {len(bytes(path))} bytes, over "
+                f"the file system's {PATH_BYTES}: choose a shorter args.output_dir"
+            )
 
 
 def prompt_for_t5(args: SampleArgs, prompt: files.PromptLine) -> str:
@@ -244,9 +270,17 @@ def sharding_plan(args: SampleArgs, config: Config, sp_size: int) -> ShardPlan |
         ) from None
 
 
+@dataclass
+class TextContexts:
+    """The negative prompt's context (1, L, D) and, when the text encoder is freed early, every line's."""
+
+    uncond: torch.Tensor
+    lines: dict[int, torch.Tensor] = field(default_factory=dict)  # line index -> (1, L, D), on the CPU
+
+
 def run(
     args: SampleArgs,
-    engine: KaleidoModel,
+    model: KaleidoModel,
     lines: list[files.PromptLine] | None = None,
     state: parallel.ParallelState | None = None,
     plan: ShardPlan | None = None,
@@ -255,95 +289,208 @@ def run(
 
     The DiT is used as it is: the caller applies sequence parallelism, kernels and compile (kaleido.parallelize).
     Under sequence parallelism (state.sp_size > 1, `plan` from sharding_plan) every rank of the group runs the
-    sampler on its chunk of the latent; the group's source rank gathers, decodes and writes.
+    sampler on its chunk of the latent; the group's source rank gathers, decodes and writes. An interruption
+    (KeyboardInterrupt, or sample_video's SIGTERM handler) leaves the finished lines' folders and nothing of the
+    current one; the exception carries `line`, the number of the line it interrupted.
     """
     state = state or parallel.ParallelState()
-    prompts = (
-        lines
-        if lines is not None
-        else files.read_prompt_file(args.input_file, args.max_references, args.allow_zero_refs)
-    )
-    height, width = args.sampling_image_size
-    vae = engine.first_stage
-    latent_shape = (args.sampling_latent_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor)
-    noise_table = load_noise_table(args, prompts, latent_shape)
+    prompts = lines if lines is not None else read_prompts(args)
+    shape = latent_shape(args, model)
+    noise_table = load_noise_table(args, prompts, shape)
     prompts = [p for p in prompts if p.index % state.dp_size == state.dp_rank]  # line i -> DP rank i mod D
-    source = state.is_sp_source
+    current = prompts[0] if prompts else None
+    written = []
+    try:
+        prepare_group(model, state)
+        log_run(args, model, len(prompts))
+        model.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
+        if state.is_sp_source:
+            warn_long_prompts(args, model, prompts)
+        texts = encode_texts(args, model, prompts, state)
+        for current in prompts:
+            folder = sample_and_write_line(args, model, current, texts, noise_table, shape, state, plan)
+            if folder is not None:
+                written.append(folder)
+    except KeyboardInterrupt as err:
+        err.line = getattr(err, "line", None) or (current.number if current else None)
+        raise
+    return written
+
+
+def read_prompts(args: SampleArgs) -> list[files.PromptLine]:
+    return files.read_prompt_file(args.input_file, args.max_references, args.allow_zero_refs, args.max_image_pixels)
+
+
+def latent_shape(args: SampleArgs, model: KaleidoModel) -> tuple[int, int, int, int]:
+    """(T, C, H/8, W/8) of one sample."""
+    height, width = args.sampling_image_size
+    vae = model.first_stage
+    return args.sampling_latent_frames, vae.z_dim, height // vae.spatial_factor, width // vae.spatial_factor
+
+
+def prepare_group(model: KaleidoModel, state: parallel.ParallelState) -> None:
+    """Sequence parallelism: the source alone shows progress, and the group's CFG 'auto' choice is one (the ranks
+    of a group run the forwards together). The DiT itself was parallelised by the caller (kaleido.parallelize)."""
     if state.sp_size > 1:
-        engine.sampler.progress = engine.sampler.progress and source
-        # CFG 'auto': the ranks of a group run the forwards together, so they take one mode.
-        engine.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)
+        model.sampler.progress = model.sampler.progress and state.is_sp_source
+        model.sampler.guider.set_agreement(
+            lambda fits: parallel.all_ranks_true(fits, state.comm_device, state.sp_group)
+        )
+
+
+def log_run(args: SampleArgs, model: KaleidoModel, count: int) -> None:
+    height, width = args.sampling_image_size
     log.info(
         "sampling %d prompt lines at %dx%d, %d latent frames (%d video frames) -> %s",
-        len(prompts),
+        count,
         height,
         width,
         args.sampling_latent_frames,
-        vae.temporal_factor * (args.sampling_latent_frames - 1) + 1,
+        model.first_stage.temporal_factor * (args.sampling_latent_frames - 1) + 1,
         args.output_dir,
     )
-    engine.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
-    uncond_context = engine.encode_text([args.negative_prompt_text])
-    contexts = {}
+
+
+def warn_long_prompts(args: SampleArgs, model: KaleidoModel, prompts: list[files.PromptLine]) -> None:
+    """One warning per line whose prompt has more tokens than the text encoder reads (umT5: 512)."""
+    count = getattr(model.conditioner, "count_tokens", None)
+    limit = getattr(model.conditioner, "max_length", None)
+    if count is None or limit is None:
+        return
+    for prompt in prompts:
+        tokens = count(prompt_for_t5(args, prompt))
+        if tokens > limit:
+            log.warning(
+                "line %d: the prompt is %d tokens; the text encoder reads only the first %d (the rest is cut off)",
+                prompt.number,
+                tokens,
+                limit,
+            )
+
+
+def encode_texts(
+    args: SampleArgs, model: KaleidoModel, prompts: list[files.PromptLine], state: parallel.ParallelState
+) -> TextContexts:
+    """The negative prompt now; with text_encoder_offload='free' every line too, then the text encoder goes."""
+    texts = TextContexts(model.encode_text([args.negative_prompt_text]))
     if args.text_encoder_offload == "free":  # every prompt now, so the text encoder can leave the device
-        contexts = {p.index: engine.encode_text([prompt_for_t5(args, p)]).cpu() for p in prompts}
-        uncond_context = uncond_context.cpu()
-        engine.release_text_encoder()
+        texts.lines = {p.index: model.encode_text([prompt_for_t5(args, p)]).cpu() for p in prompts}
+        texts.uncond = texts.uncond.cpu()
+        model.release_text_encoder()
         log.info("text encoder released after encoding %d prompts", len(prompts))
     # The group samples with the source's conditioning: identical inputs on every rank by construction.
-    uncond_context = parallel.broadcast_from_sp_source(state, uncond_context)
-    written = []
-    for prompt in prompts:
-        folder = Path(args.output_dir) / prompt.folder_name
-        videos = [folder / name for name in dict.fromkeys(output_names(args))]
-        done = all(v.exists() for v in videos) and not args.overwrite
-        if parallel.broadcast_object_from_sp_source(state, done):
-            log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.index + 1, videos[0])
-            continue
-        started = time.perf_counter()
-        images = [files.load_reference(path, args.ref_alpha) for path in prompt.references]
-        if source:
-            files.write_text(folder / "text.txt", prompt.line)
-            for i, image in enumerate(images):
-                files.write_png(folder / f"subject_{i}.png", image)
-        if not images:
-            log.warning(
-                "line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution",
-                prompt.index + 1,
-            )
-            references = None
-        else:
-            pixels = torch.stack([files.image_to_tensor(files.letterbox(image, height, width)) for image in images])
-            references = parallel.broadcast_from_sp_source(state, engine.encode_references(pixels))
-        context = contexts[prompt.index] if contexts else engine.encode_text([prompt_for_t5(args, prompt)])
-        context = parallel.broadcast_from_sp_source(state, context)
-        noise = initial_noise(args, prompt.index, latent_shape, noise_table)  # the same draw on every rank
-        batch = noise.shape[0]
-        window = {}
-        if plan is not None:
-            noise = plan.shard(noise, state.sp_rank)
-            references = None if references is None else plan.shard(references, state.sp_rank)
-            window = {"grid_offset": plan.grid_offset(state.sp_rank), "full_grid": plan.full_grid}
-        latents = engine.sample(
-            noise,
-            context.expand(batch, -1, -1),
-            uncond_context.expand(batch, -1, -1),
-            references,
-            description=f"line {prompt.index + 1}",
-            **window,
+    texts.uncond = parallel.broadcast_from_sp_source(state, texts.uncond)
+    return texts
+
+
+def line_context(
+    args: SampleArgs, model: KaleidoModel, prompt: files.PromptLine, texts: TextContexts, state
+) -> torch.Tensor:
+    context = texts.lines[prompt.index] if texts.lines else model.encode_text([prompt_for_t5(args, prompt)])
+    return parallel.broadcast_from_sp_source(state, context)
+
+
+def encode_references(
+    args: SampleArgs, model: KaleidoModel, prompt: files.PromptLine, images: list, state
+) -> torch.Tensor | None:
+    """(1, N, C, h, w) latents of the line's letterboxed references, or None (text-to-video)."""
+    if not images:
+        log.warning(
+            "line %d: no references: text-to-video (Wan2.1 T2V math), outside Kaleido's training distribution",
+            prompt.number,
         )
-        if plan is not None:
-            latents = plan.unshard(parallel.all_gather_sp(state, latents))
-        if not source:
-            continue
-        if args.save_latents:
-            with files.atomic_path(folder / "latent.safetensors") as tmp:
-                save_file({"latent": latents.cpu().contiguous()}, str(tmp))
-        if args.latents_bf16_before_decode:
-            latents = latents.to(torch.bfloat16)
-        video = engine.decode(latents)
-        for b, path in enumerate(output_names(args)):
-            files.write_mp4(folder / path, files.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)
-        log.info("line %d: wrote %s (%.1f s)", prompt.index + 1, folder, time.perf_counter() - started)
-        written.append(folder)
-    return written
+        return None
+    height, width = args.sampling_image_size
+    pixels = torch.stack([files.image_to_tensor(files.letterbox(image, height, width)) for image in images])
+    return parallel.broadcast_from_sp_source(state, model.encode_references(pixels))
+
+
+def is_done(args: SampleArgs, folder: Path) -> bool:
+    return not args.overwrite and all((folder / name).exists() for name in output_names(args))
+
+
+def sample_and_write_line(
+    args: SampleArgs,
+    model: KaleidoModel,
+    prompt: files.PromptLine,
+    texts: TextContexts,
+    noise_table: dict | None,
+    shape: tuple[int, ...],
+    state: parallel.ParallelState,
+    plan: ShardPlan | None,
+) -> Path | None:
+    """One line: its folder is built under a temporary name on the group's source and renamed into place when
+    complete (an existing one is replaced only then). Returns the folder, or None when skipped or not the source."""
+    folder = Path(args.output_dir) / prompt.folder_name(args.output_naming)
+    if parallel.broadcast_object_from_sp_source(state, is_done(args, folder)):
+        log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.number, folder / "output.mp4")
+        return None
+    started = time.perf_counter()
+    images = [files.load_reference(path, args.ref_alpha, args.max_image_pixels) for path in prompt.references]
+    source = state.is_sp_source
+    building = files.atomic_directory(folder, overwrite=True) if source else contextlib.nullcontext()
+    with building as tmp:
+        if source:
+            write_inputs(tmp, prompt, images)
+        references = encode_references(args, model, prompt, images, state)
+        context = line_context(args, model, prompt, texts, state)
+        latents = sample_line(args, model, prompt, context, texts.uncond, references, noise_table, shape, state, plan)
+        if source:
+            write_outputs(args, model, tmp, latents)
+    if not source:
+        return None
+    log.info("line %d: wrote %s (%.1f s)", prompt.number, folder, time.perf_counter() - started)
+    return folder
+
+
+def sample_line(
+    args: SampleArgs,
+    model: KaleidoModel,
+    prompt: files.PromptLine,
+    context: torch.Tensor,
+    uncond: torch.Tensor,
+    references: torch.Tensor | None,
+    noise_table: dict | None,
+    shape: tuple[int, ...],
+    state: parallel.ParallelState,
+    plan: ShardPlan | None,
+) -> torch.Tensor:
+    """The line's seeded noise (the same draw on every rank), this rank's chunk of it under sequence parallelism,
+    the sampler -> clean latents (B, T, C, h, w), gathered whole on every rank of the group."""
+    noise = initial_noise(args, prompt.index, shape, noise_table)
+    batch = noise.shape[0]
+    window = {}
+    if plan is not None:
+        noise = plan.shard(noise, state.sp_rank)
+        references = None if references is None else plan.shard(references, state.sp_rank)
+        window = {"grid_offset": plan.grid_offset(state.sp_rank), "full_grid": plan.full_grid}
+    latents = model.sample(
+        noise,
+        context.expand(batch, -1, -1),
+        uncond.expand(batch, -1, -1),
+        references,
+        description=f"line {prompt.number}",
+        **window,
+    )
+    if plan is not None:
+        latents = plan.unshard(parallel.all_gather_sp(state, latents))
+    return latents
+
+
+def write_inputs(folder: Path, prompt: files.PromptLine, images: list) -> None:
+    """text.txt (the whole line) and subject_<i>.png (the original references)."""
+    files.write_text(folder / "text.txt", prompt.line)
+    for i, image in enumerate(images):
+        files.write_png(folder / f"subject_{i}.png", image)
+
+
+def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, latents: torch.Tensor) -> None:
+    """latent.safetensors (--save-latents), then the decoded videos (each read back before it counts)."""
+    if args.save_latents:
+        with files.atomic_path(folder / "latent.safetensors") as tmp:
+            save_file({"latent": latents.cpu().contiguous()}, str(tmp))
+    if args.latents_bf16_before_decode:
+        latents = latents.to(torch.bfloat16)
+    video = model.decode(latents)
+    for b, name in enumerate(output_names(args)):
+        files.write_mp4(folder / name, files.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)

@@ -45,8 +45,11 @@ class VanillaCFG:
 
     batched='auto' chooses by memory. On a CUDA device the first step of each input shape runs as two forwards
     and measures the activation peak of one; the later steps batch both branches when the device can hold twice
-    that peak plus `memory_margin`, else they stay two forwards. Elsewhere (CPU: host memory) it batches. Ranks
-    that must take the same branch (one sequence-parallel group) get an `agree(fits) -> bool` hook from outside.
+    that peak plus `memory_margin`, else they stay two forwards. Elsewhere (CPU: host memory) it batches.
+
+    Ranks that run the same forwards (one sequence-parallel group, an FSDP2 world) must take the same branch: they
+    give it `agree(fits) -> bool` (True only when `fits` holds on every rank) with `set_agreement`; without it
+    each process decides alone.
     """
 
     def __init__(self, scale: float = 6.0, batched: bool | str = True, memory_margin: float = 0.1):
@@ -55,7 +58,7 @@ class VanillaCFG:
         self.scale = scale
         self.batched = batched
         self.memory_margin = memory_margin
-        self.agree: Callable[[bool], bool] | None = None
+        self.agree: Callable[[bool], bool] | None = None  # see set_agreement
         self.memory = None  # the `auto` probe: CudaMemory(device) by default, a stand-in in tests
         self.decisions: dict[tuple, bool] = {}  # what `auto` chose per input shape, kept for the rest of the run
 
@@ -78,6 +81,10 @@ class VanillaCFG:
             self.decisions[shapes] = self.decide(self.memory.peak_since_start(), self.memory.available())
         v_cond = denoiser(x, sigma, halves[1]).float()
         return v_uncond + self.scale * (v_cond - v_uncond)
+
+    def set_agreement(self, agree: Callable[[bool], bool] | None) -> None:
+        """The collective that makes the `auto` choice one for all ranks running these forwards (None: local)."""
+        self.agree: Callable[[bool], bool] | None = None  # see set_agreement
 
     def _auto_mode(self, shapes: tuple, device: torch.device) -> tuple[bool, bool]:
         """(batch the two branches, measure this step) under batched='auto'."""

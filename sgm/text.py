@@ -1,6 +1,6 @@
-"""Text conditioning: prompt cleaning, the umT5 tokenizer and the frozen umT5 encoder (components.md §B4-B5).
+"""Text conditioning: prompt cleaning, the umT5 tokenizer and the frozen umT5 encoder (docs/design/components.md).
 
-Pipeline for each prompt (sampling.md §6.1, quirk Q7):
+Pipeline for each prompt (docs/design/sampling.md; quirk Q7 in docs/design/quirks.md):
     clean (ftfy.fix_text or built-in ftfy_lite -> html.unescape x2 -> strip -> collapse whitespace)
     -> tokenize (pieces + </s>, pad 0 to max_length, truncation keeps max_length-1 pieces + </s>)
     -> umT5 encoder -> hidden * mask: context (B, max_length, dim), rows past each text's length exactly 0.
@@ -132,7 +132,7 @@ def _fix_segment(text: str, unescape: bool) -> str:
 
 
 def ftfy_lite(text: str) -> str:
-    """ftfy 6.x `fix_text` without mojibake repair and C1-control fixing (components.md §B4 "ftfy-lite").
+    """ftfy 6.x `fix_text` without mojibake repair and C1-control fixing (docs/design/components.md, "ftfy-lite").
 
     Steps, repeated to a fixed point per line (as ftfy segments text at '\\n'): HTML entities ending in ';'
     unescaped (only while no '<' has been seen, as ftfy's "auto"), 23 Latin ligatures -> letters,
@@ -300,6 +300,11 @@ class UMT5TextEncoder(nn.Module):
             return_tensors="pt",
         )
         return batch["input_ids"].long(), batch["attention_mask"].long()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the cleaned `text` with </s>, before truncation: more than max_length means the encoder reads
+        only the first max_length - 1 pieces (the sampling job warns with this count)."""
+        return len(self.tokenizer(self.clean(text), add_special_tokens=True, verbose=False)["input_ids"])
 
     def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask (B, L) -> context (B, L, dim) in `dtype`, rows with mask 0 exactly zero."""

@@ -1,3 +1,7 @@
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,7 @@ from kaleido import files
 @pytest.mark.parametrize(
     "size, resized, pads",  # pads: (left, right, top, bottom)
     [
-        ((726, 923), (402, 512), (247, 247, 0, 0)),  # the official examples (spec sampling.md §3)
+        ((726, 923), (402, 512), (247, 247, 0, 0)),  # the official examples (docs/design/sampling.md)
         ((1024, 1024), (512, 512), (192, 192, 0, 0)),
         ((1080, 1440), (384, 512), (256, 256, 0, 0)),
         ((1000, 400), (896, 358), (0, 0, 77, 77)),  # wider than 896:512: padded above and below
@@ -77,8 +81,150 @@ def test_prompt_parsing_slug_and_blank_lines(tmp_path, monkeypatch):
         (3, "Just text", 0),
     ]
     assert lines[0].line == "A cat, a dog / friends@@a.png"
-    assert lines[0].folder_name == "1_A_cat__a_dog__friends@@a.png"
-    assert len(files.PromptLine(0, "x" * 300, "x", ()).folder_name) == 2 + 120
+    assert lines[0].folder_name() == "1_A_cat__a_dog__friends"  # the prompt text by default
+    assert lines[0].folder_name("official") == "1_A_cat__a_dog__friends@@a.png"
+    assert len(files.PromptLine(0, "x" * 300, "x", ()).folder_name("official")) == 2 + 120
+
+
+@pytest.mark.parametrize("naming", ["text", "official"])
+def test_folder_names_fit_the_file_system(tmp_path, naming):
+    """A long non-ASCII prompt is cut by UTF-8 bytes on a character boundary (120 CJK characters are 360 bytes,
+    over the 255-byte name limit); NUL, other control characters and separators never reach the name."""
+    text = "一只橘猫在阳光下的木地板上追逐一个红色的毛线球" * 10  # 240 characters, 720 bytes
+    for prompt in (
+        files.PromptLine(7, text, text, ()),
+        files.PromptLine(8, "a\x00b\tc\\d/e\x1bf\nmore", "a\x00b\tc\\d/e\x1bf\nmore", ()),
+        files.PromptLine(9, "🐈" * 200, "🐈" * 200, ()),
+    ):
+        name = prompt.folder_name(naming)
+        assert name.startswith(f"{prompt.index}_") and len(name.encode("utf-8")) <= files.FOLDER_NAME_BYTES
+        assert not any(c in name for c in "\x00\t\n\x1b/\\")
+        assert text.startswith(name[2:]) or "🐈" in name or name.startswith("8_ab")
+        # the temporary form of the folder is a valid name too: created and renamed for real
+        with files.atomic_directory(tmp_path / name) as tmp:
+            (tmp / "text.txt").write_text(prompt.line)
+        assert (tmp_path / name / "text.txt").read_text() == prompt.line
+    assert files.cut_utf8("aé", 2) == "a"  # never half a character
+
+
+def make_png_header(width: int, height: int) -> bytes:
+    """A PNG with only a header (IHDR) and IEND: the size is read without decoding anything."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def corrupt_png_data(path) -> None:
+    """Scramble a PNG's compressed image data and fix up the chunk's CRC: Image.verify() still passes."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    at = data.index(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    payload = bytes(b ^ 0x5A if i > 1 else b for i, b in enumerate(data[at + 4 : at + 4 + length]))
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + payload) & 0xFFFFFFFF)
+    path.write_bytes(data[: at + 4] + payload + crc + data[at + 8 + length :])
+
+
+def test_references_are_decoded_up_front(tmp_path, monkeypatch):
+    """A truncated JPEG named .png and a PNG with corrupt image data but correct CRCs pass Image.verify(); the
+    up-front check decodes them and names the file and line."""
+    monkeypatch.chdir(tmp_path)
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "full.jpg", format="JPEG")
+    jpeg = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.png").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    Image.fromarray(noise).save(tmp_path / "bad.png")
+    corrupt_png_data(tmp_path / "bad.png")
+    for name in ("cut.png", "bad.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()  # what the old check relied on
+        (tmp_path / "p.txt").write_text(f"ok line\nA cat.@@{name}\n")
+        with pytest.raises(files.InputError, match=rf"p.txt:2: reference image '{name}' is not a readable image"):
+            files.read_prompt_file(tmp_path / "p.txt", 3)
+
+
+def test_decompression_bomb_is_one_error_with_the_limit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bomb.png").write_bytes(make_png_header(14000, 14000))
+    (tmp_path / "p.txt").write_text("A cat.@@bomb.png\n")
+    with pytest.raises(files.InputError) as err:
+        files.read_prompt_file(tmp_path / "p.txt", 3)
+    message = str(err.value)
+    assert "p.txt:1: reference image 'bomb.png' is 14000x14000 = 196,000,000 pixels" in message
+    assert f"args.max_image_pixels = {Image.MAX_IMAGE_PIXELS:,}" in message and "\n" not in message
+    # The limit is the option's: a smaller one refuses a small image, PIL's global stays as it was.
+    Image.new("RGB", (20, 10)).save(tmp_path / "small.png")
+    (tmp_path / "p.txt").write_text("A cat.@@small.png\n")
+    assert len(files.read_prompt_file(tmp_path / "p.txt", 3, max_image_pixels=200)) == 1
+    with pytest.raises(files.InputError, match="is 20x10 = 200 pixels, more than args.max_image_pixels = 199"):
+        files.read_prompt_file(tmp_path / "p.txt", 3, max_image_pixels=199)
+    assert Image.MAX_IMAGE_PIXELS == files.DEFAULT_MAX_IMAGE_PIXELS
+
+
+def test_outputs_get_the_modes_of_the_umask(tmp_path):
+    """Atomic writes create through mkstemp/mkdtemp (0600/0700); the results have open()'s and mkdir()'s modes."""
+    old = os.umask(0o027)
+    try:
+        with files.atomic_directory(tmp_path / "line") as folder:
+            files.write_text(folder / "text.txt", "hello")
+        assert stat.S_IMODE((tmp_path / "line").stat().st_mode) == 0o750
+        assert stat.S_IMODE((tmp_path / "line" / "text.txt").stat().st_mode) == 0o640
+        os.umask(0o002)
+        files.write_mp4(tmp_path / "v.mp4", np.zeros((5, 16, 16, 3), np.uint8), 8)
+        assert stat.S_IMODE((tmp_path / "v.mp4").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+class FakeWriter:
+    """Stands in for imageio's ffmpeg writer: writes frames through the real one, then breaks the result."""
+
+    def __init__(self, real, path, failure):
+        self.real, self.path, self.failure = real, path, failure
+
+    def append_data(self, frame):
+        self.real.append_data(frame)
+
+    def close(self):
+        self.real.close()
+        if self.failure == "truncate":  # what a full disk leaves: the container's index never written
+            data = Path(self.path).read_bytes()
+            Path(self.path).write_bytes(data[: len(data) // 2])
+        elif self.failure == "raise":
+            raise OSError("[Errno 28] No space left on device")
+
+
+@pytest.mark.parametrize("failure", ["truncate", "raise"])
+def test_a_failed_video_write_is_an_error_and_nothing_is_renamed(tmp_path, monkeypatch, failure):
+    import imageio.v2 as imageio
+
+    real_get_writer = imageio.get_writer
+    monkeypatch.setattr(
+        imageio, "get_writer", lambda path, **kw: FakeWriter(real_get_writer(path, **kw), path, failure)
+    )
+    target = tmp_path / "line" / "output.mp4"
+    with pytest.raises(files.OutputError) as err:
+        files.write_mp4(target, np.zeros((9, 16, 16, 3), np.uint8), 8)
+    assert str(err.value).startswith(f"{target}: ")
+    assert ("No space left on device" in str(err.value)) == (failure == "raise")
+    assert list(target.parent.iterdir()) == []  # neither output.mp4 nor its temporary file
+
+
+def test_output_dir_problems_are_found_up_front(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(files.InputError, match=r"args.output_dir=.*file: the output folder is not a folder"):
+        files.check_output_dir(tmp_path / "file")
+    with pytest.raises(files.InputError, match=r"args.output_dir=.*file/sub: its parent .*file is not a folder"):
+        files.check_output_dir(tmp_path / "file" / "sub")
+    files.check_output_dir(tmp_path / "new" / "deeper")  # to be created: fine
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(

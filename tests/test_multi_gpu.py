@@ -166,7 +166,7 @@ def test_sequence_parallel_degree_needs_that_many_processes(workdir, capsys, mon
 
 
 def test_official_legality_table():
-    """spec sampling.md §13.3 rule 8: legal degrees for 40 heads at the shipped and other shapes."""
+    """docs/design/sampling.md (sequence parallelism): legal degrees for 40 heads at the shipped and other shapes."""
     assert legal_degrees(64, 112, 40) == [1, 2, 4, 8]  # 512x896
     assert legal_degrees(112, 64, 40) == [1, 2, 4, 8]  # 896x512
     assert legal_degrees(60, 104, 40) == [1, 2, 4, 5, 10]  # 480x832

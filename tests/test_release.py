@@ -1,4 +1,4 @@
-"""The release on disk: a model root in the official layout (spec training.md §13), written from a tiny model in
+"""The release on disk: a model root in the official layout (docs/design/training.md), written from a tiny model in
 every official file format, is found from `args.model_root` with the paths of the shipped 14B configs and gives
 the same latents as the in-memory model. Plus the loading options and errors of the real-weights path."""
 
@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import sample_video
 from kaleido.keymap import SAT_PREFIX, to_layout
-from kaleido.pipeline import SampleArgs, build_engine, configured_paths
+from kaleido.pipeline import SampleArgs, build_model, configured_paths
 from sat.config import ConfigError, load_config, parse_args
 from sat.parallel import free_port
 from scripts.tiny_tokenizer import build_tiny_tokenizer
@@ -28,7 +28,7 @@ RELEASE = [
 ]
 SMALL = ["args.sampling_image_size=[32,48]", "args.sampling_latent_frames=2", "model.sampler_config.params.num_steps=2"]
 PROMPT = "A ball and a leaf.@@red.png@@green.png"
-LATENT = "0_A_ball_and_a_leaf.@@red.png@@green.png/latent.safetensors"
+LATENT = "0_A_ball_and_a_leaf./latent.safetensors"
 
 
 def shipped_path_overrides() -> list[str]:
@@ -63,8 +63,8 @@ def write_deepspeed_checkpoint(folder, module: dict, tag: str) -> None:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A working folder with prompts and references, the in-memory random engine's latents, and a model root
-    Kaleido-14B-S2V/ written from that engine: model/ by DeepSpeed (tag 'release', as the HF release), the VAE and
+    """A working folder with prompts and references, the in-memory random model's latents, and a model root
+    Kaleido-14B-S2V/ written from that model: model/ by DeepSpeed (tag 'release', as the HF release), the VAE and
     umT5 as plain torch files under their official names, and the tokenizer folder."""
     work = tmp_path_factory.mktemp("release")
     cwd = os.getcwd()
@@ -80,13 +80,13 @@ def release(tmp_path_factory):
         assert sample_video.main(["--base", *TINY, *common, "args.output_dir=memory", "--save-latents"]) == 0
 
         config = load_config(TINY, common)
-        engine = build_engine(parse_args(SampleArgs, config), config)
+        model = build_model(parse_args(SampleArgs, config), config)
         root = work / "Kaleido-14B-S2V"
         (root / "umt5-xxl").mkdir(parents=True)
-        module = {SAT_PREFIX + k: v for k, v in to_layout(engine.network.state_dict(), "sat").items()}
+        module = {SAT_PREFIX + k: v for k, v in to_layout(model.network.state_dict(), "sat").items()}
         write_deepspeed_checkpoint(root / "model", module, "release")
-        torch.save(engine.first_stage.state_dict(), root / "Wan2.1_VAE.pth")
-        torch.save(engine.conditioner.encoder.state_dict(), root / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth")
+        torch.save(model.first_stage.state_dict(), root / "Wan2.1_VAE.pth")
+        torch.save(model.conditioner.encoder.state_dict(), root / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth")
         for file in (work / "tok").iterdir():
             shutil.copy(file, root / "umt5-xxl" / file.name)
         yield work, root, load_file(str(work / "memory" / LATENT))["latent"]
