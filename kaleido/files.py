@@ -273,15 +273,17 @@ def write_png(path: Path, image: Image.Image) -> None:
         image.save(tmp, format="PNG")
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+def write_mp4(path: Path, frames: np.ndarray, fps: int, name: Path | None = None) -> None:
     """(F, H, W, 3) uint8 -> H.264 mp4 via imageio-ffmpeg (libx264, yuv420p, quality 5: the official settings).
 
     The written file is read back and must hold F frames before it is renamed into place: ffmpeg can report a
     failure (e.g. "No space left on device") only on its stderr and leave an unreadable file. Any failure is an
-    OutputError naming `path`; nothing is left under the final name.
+    OutputError naming `name` (default `path`; the final path when `path` is in a folder still being built);
+    nothing is left under the final name.
     """
     import imageio.v2 as imageio
 
+    name = name or path
     with atomic_path(path) as tmp:
         try:
             writer = imageio.get_writer(
@@ -293,11 +295,11 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
             finally:
                 writer.close()
         except Exception as err:  # imageio-ffmpeg raises OSError / RuntimeError with ffmpeg's last words
-            raise OutputError(f"{path}: writing the video failed: {_first_line(err)}") from None
+            raise OutputError(f"{name}: writing the video failed: {_first_line(err)}") from None
         written = count_video_frames(tmp)
         if written != len(frames):
             raise OutputError(
-                f"{path}: the written video is unreadable or incomplete ({written} of {len(frames)} frames read "
+                f"{name}: the written video is unreadable or incomplete ({written} of {len(frames)} frames read "
                 "back; is the disk full?)"
             )
 

@@ -436,7 +436,7 @@ def sample_and_write_line(
         context = line_context(args, model, prompt, texts, state)
         latents = sample_line(args, model, prompt, context, texts.uncond, references, noise_table, shape, state, plan)
         if source:
-            write_outputs(args, model, tmp, latents)
+            write_outputs(args, model, tmp, folder, latents)
     if not source:
         return None
     log.info("line %d: wrote %s (%.1f s)", prompt.number, folder, time.perf_counter() - started)
@@ -484,8 +484,9 @@ def write_inputs(folder: Path, prompt: files.PromptLine, images: list) -> None:
         files.write_png(folder / f"subject_{i}.png", image)
 
 
-def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, latents: torch.Tensor) -> None:
-    """latent.safetensors (--save-latents), then the decoded videos (each read back before it counts)."""
+def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, final: Path, latents: torch.Tensor) -> None:
+    """latent.safetensors (--save-latents), then the decoded videos (each read back before it counts), into the
+    line's temporary `folder`; messages name the `final` one."""
     if args.save_latents:
         with files.atomic_path(folder / "latent.safetensors") as tmp:
             save_file({"latent": latents.cpu().contiguous()}, str(tmp))
@@ -493,4 +494,5 @@ def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, latents: 
         latents = latents.to(torch.bfloat16)
     video = model.decode(latents)
     for b, name in enumerate(output_names(args)):
-        files.write_mp4(folder / name, files.video_to_uint8(video[b], args.uint8_rounding), args.sampling_fps)
+        frames = files.video_to_uint8(video[b], args.uint8_rounding)
+        files.write_mp4(folder / name, frames, args.sampling_fps, name=final / name)

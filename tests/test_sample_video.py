@@ -1,8 +1,11 @@
 """End to end: sample_video.py on the tiny config (random weights) writes the official output layout."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
@@ -247,3 +250,128 @@ def test_fast_path_options_give_the_default_latents(workdir):
     name = "0_A_ball_and_a_leaf./latent.safetensors"
     default, fast = (load_file(str(workdir / root / name))["latent"] for root in ("out", "fast"))
     assert (fast - default).abs().max() <= 1e-5 * default.abs().max()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda w: (w / "out").write_text("x"), "args.output_dir=out: the output folder is not a folder"),
+        (lambda w: (w / "f").write_text("x"), "args.output_dir=f/out: its parent f is not a folder"),
+    ],
+)
+def test_output_dir_is_checked_before_any_model_work(workdir, capsys, monkeypatch, setup, message):
+    import kaleido.pipeline
+
+    setup(workdir)
+    monkeypatch.setattr(kaleido.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was built"))
+    output_dir = "f/out" if "f/out" in message else "out"
+    assert sample(f"args.output_dir={output_dir}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {message} (a file is in the way)"
+
+
+def test_long_non_ascii_and_control_character_prompts_get_valid_folders(workdir):
+    long = "一只橘猫在阳光下的木地板上追逐一个红色的毛线球，" * 8  # 200 characters, 600 bytes
+    (workdir / "prompts.txt").write_text(f"{long}@@red.png\nA\x00cat\x07 on/a\\mat.@@red.png\n")
+    assert sample() == 0
+    names = folders(workdir)
+    assert names == ["0_" + files_cut(long, 198), "1_Acat_onamat."]
+    assert all((workdir / "out" / n / "output.mp4").is_file() for n in names)
+
+
+def files_cut(text: str, limit: int) -> str:
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def test_a_failed_video_write_fails_the_run_and_leaves_no_folder(workdir, capsys, monkeypatch):
+    """ffmpeg on a full disk: the file is cut short. The run names the file, exits non-zero, renames nothing."""
+    import imageio.v2 as imageio
+
+    real_get_writer = imageio.get_writer
+
+    class Truncating:
+        def __init__(self, path, **kw):
+            self.path, self.real = path, real_get_writer(path, **kw)
+
+        def append_data(self, frame):
+            self.real.append_data(frame)
+
+        def close(self):
+            self.real.close()
+            data = Path(self.path).read_bytes()
+            Path(self.path).write_bytes(data[: len(data) // 3])
+
+    monkeypatch.setattr(imageio, "get_writer", Truncating)
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\n")
+    assert sample() == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "0_A_red_ball./output.mp4" in err and "unreadable or incomplete" in err
+    assert "wrote" not in err and list((workdir / "out").iterdir()) == []  # no folder, no temporary folder
+
+
+def test_a_prompt_over_512_tokens_is_a_warning_with_its_count(workdir, caplog):
+    from transformers import AutoTokenizer
+
+    words = " ".join(f"word{i}" for i in range(400))
+    (workdir / "prompts.txt").write_text(f"A short one.@@red.png\n\n{words}@@red.png\n")
+    tokens = len(AutoTokenizer.from_pretrained(str(workdir / "tok"))(words)["input_ids"])
+    assert tokens > 512
+    with caplog.at_level("WARNING", logger="kaleido"):
+        assert sample() == 0
+    warnings = [r.getMessage() for r in caplog.records if "tokens" in r.getMessage()]
+    assert warnings == [
+        f"line 3: the prompt is {tokens} tokens; the text encoder reads only the first 512 (the rest is cut off)"
+    ]
+
+
+INTERRUPTIBLE = """
+import sys, pathlib, kaleido.model, sample_video
+calls = []
+original = kaleido.model.KaleidoModel.sample
+def sample(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the second line: say so, then wait for the signal
+        pathlib.Path("sampling_line_2").write_text("")
+        import time
+        time.sleep(120)
+    return original(self, *args, **kwargs)
+kaleido.model.KaleidoModel.sample = sample
+sys.exit(sample_video.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_leaves_finished_lines_and_nothing_else(workdir, signum, code):
+    """Signalled while line 2 samples (its folder half built): one line on stderr, the exit status of the signal,
+    line 1 complete, no folder or temporary folder of line 2; a rerun skips line 1 and finishes the rest."""
+    (workdir / "prompts.txt").write_text("A red ball.@@red.png\nA ball and a leaf.@@red.png@@green.png\nMeadow.\n")
+    argv = [
+        "--base",
+        *TINY,
+        "args.input_file=prompts.txt",
+        "args.output_dir=out",
+        "model.conditioner_config.params.tokenizer_path=tok",
+        *SMALL,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, *argv], cwd=workdir, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not (workdir / "sampling_line_2").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before line 2"
+        time.sleep(0.1)
+    assert [p.name for p in (workdir / "out").iterdir() if p.name.startswith(".1_")]  # line 2 is being built
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert stderr.count("interrupted at line 2; finished lines are complete; rerun to continue") == 1
+    assert "Traceback" not in stderr
+    assert folders(workdir) == ["0_A_red_ball."]  # sorted() would list hidden temporary folders first
+    assert sorted(p.name for p in (workdir / "out/0_A_red_ball.").iterdir()) == [
+        "output.mp4",
+        "subject_0.png",
+        "text.txt",
+    ]
+    assert sample() == 0
+    assert folders(workdir) == ["0_A_red_ball.", "1_A_ball_and_a_leaf.", "2_Meadow."]
