@@ -7,10 +7,13 @@ shape mismatch by name, grouping keys that differ only by a layer index ("40 × 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import pickletools
 import re
 import zipfile
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -80,11 +83,104 @@ def _host_memory_gib() -> float:
         return float("nan")
 
 
+# How the running tool spells the opt-in to full unpickling, named by every refusal. The sampling and training jobs
+# use the default; scripts/convert_checkpoint.py sets its flag with `unsafe_pickle_option` for the whole command.
+_UNSAFE_PICKLE_OPTION = contextvars.ContextVar("unsafe_pickle_option", default="args.allow_unsafe_pickle=true")
+
+
+@contextlib.contextmanager
+def unsafe_pickle_option(option: str) -> Iterator[None]:
+    """Refusals inside this block name `option` (e.g. '--allow-unsafe-pickle') as the way to allow a trusted file."""
+    token = _UNSAFE_PICKLE_OPTION.set(option)
+    try:
+        yield
+    finally:
+        _UNSAFE_PICKLE_OPTION.reset(token)
+
+
+_SHOWN_MODULES = {"posix": "os.", "nt": "os.", "builtins": "", "__builtin__": ""}  # os.system pickles as posix.system
+
+
+def _shown(name: str) -> str:
+    """A pickled global as the user would write it: 'posix.system' -> 'os.system', '__builtin__.eval' -> 'eval'."""
+    module, _, attr = name.rpartition(".")
+    return _SHOWN_MODULES[module] + attr if module in _SHOWN_MODULES else name
+
+
+def pickled_callables(path: Path) -> list[str]:
+    """'module.name' of every global a torch file's pickle would import (GLOBAL / STACK_GLOBAL), read with
+    pickletools (nothing is executed) from the zip's data.pkl or a legacy file's first pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(member)
+        else:
+            data = path.read_bytes()
+        names, strings, memo = [], [], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                module, _, name = arg.partition(" ")
+                names.append(f"{module}.{name}")
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "SHORT_BINSTRING"):
+                strings.append(arg)
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                memo[arg] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                strings.append(memo[arg])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a damaged pickle: report what was found before the damage
+        pass
+    allowed = {f"{obj.__module__}.{obj.__qualname__}" for obj in _allowed_objects()}
+    found = []
+    for name in dict.fromkeys(names):
+        if name not in allowed and not (name.startswith("torch.") and name not in _TORCH_BLOCKED):
+            found.append(_shown(name))
+    return found
+
+
+_TORCH_BLOCKED = {"torch.load", "torch.hub.load", "torch.jit.load"}
+
+
+def _allowed_objects() -> list:
+    objects = []
+    for item in numpy_safe_globals():
+        obj = item[0] if isinstance(item, tuple) else item
+        objects.append(obj)
+    import collections
+
+    return objects + [collections.OrderedDict]
+
+
+def _torch_reason(text: str) -> str:
+    """The specific part of torch's weights-only error, without its general advice (which suggests
+    weights_only=False: not an option of this tool)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:"):
+            line = line.removeprefix("WeightsUnpickler error:").strip()
+            if line:
+                return line.split(" Please use `torch.serialization")[0]
+    specific = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and "weights_only" not in line
+        and not line.strip().startswith(("Check the documentation", "Please file an issue", "(2)"))
+    ]
+    return specific[0] if specific else "not a weights-only torch file"
+
+
 def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
     """The whole object of a torch file (a SAT/DeepSpeed container keeps its client state), read weights-only.
 
     Only tensors, plain Python containers and the numpy RNG state of DeepSpeed files are unpickled. Anything else
-    is refused with its name, unless `allow_unsafe_pickle` (full unpickling: arbitrary code, trusted files only).
+    is refused with the names of the callables the file would import (`os.system`, ...), unless
+    `allow_unsafe_pickle` (full unpickling: arbitrary code, trusted files only). The refusal names the option of
+    the running tool that allows it (see `unsafe_pickle_option`).
     """
     path = Path(path)
     if not path.is_file():
@@ -104,13 +200,16 @@ def read_torch_container(path: str | Path, allow_unsafe_pickle: bool = False):
                 f"(host RAM + swap here: {_host_memory_gib():.0f} GiB). Pages are only read on use, but a private "
                 "mapping must fit in RAM + swap: add swap or use a machine with more host memory"
             ) from None
-        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
-        if refused:
-            raise WeightsError(
-                f"{path}: refusing to unpickle {', '.join(refused)} (outside the weights-only allow-list: it could run "
-                "arbitrary code). Re-save the tensors as safetensors, or, for a file you trust, set "
-                "args.allow_unsafe_pickle=true"
-            ) from None
+        if isinstance(err, torch.serialization.pickle.UnpicklingError) or "Weights only load failed" in str(err):
+            named = [_shown(name) for name in re.findall(r"GLOBAL ([\w.]+)", str(err))]
+            refused = list(dict.fromkeys(named + pickled_callables(path)))
+            if refused:
+                raise WeightsError(
+                    f"{path}: refusing to unpickle {', '.join(refused)} (outside the weights-only allow-list: "
+                    "unpickling runs code from the file). Re-save the tensors as safetensors, or, for a file you "
+                    f"trust, use {_UNSAFE_PICKLE_OPTION.get()}"
+                ) from None
+            reason = _torch_reason(str(err))
         raise WeightsError(
             f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: {reason})"
         ) from None

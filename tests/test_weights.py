@@ -4,7 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sgm.weights import WeightsError, check_state_dict, describe_key_problems, read_tensor_file, read_torch_container
+from sgm.weights import (
+    WeightsError,
+    check_state_dict,
+    describe_key_problems,
+    read_tensor_file,
+    read_torch_container,
+    unsafe_pickle_option,
+)
 
 
 class Payload:
@@ -88,3 +95,59 @@ def test_reports_group_layers_and_name_single_keys():
     )
     many = describe_key_problems(missing=[f"k{i}.w" for i in range(30)], limit=3)
     assert many.splitlines() == ["30 missing keys:", "  k0.w", "  k1.w", "  k2.w", "  ... and 27 more"]
+
+
+def crafted_pickles() -> dict[str, bytes]:
+    """Pickles that call os.system when loaded, in the forms torch's weights-only reader reports differently."""
+    return {
+        # protocol 2 GLOBAL: torch names 'posix.system' itself
+        "global.pt": b"\x80\x02cos\nsystem\nX\x08\x00\x00\x00echo pwnq\x00\x85q\x01Rq\x02.",
+        # protocol 4 (FRAME + STACK_GLOBAL): torch stops at the FRAME opcode without naming anything
+        "stack_global.pt": pickle.dumps(SystemCall(), protocol=4),
+    }
+
+
+class SystemCall:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("name", ["global.pt", "stack_global.pt"])
+def test_a_refusal_names_the_callable_and_the_tools_option(tmp_path, capfd, name):
+    (tmp_path / name).write_bytes(crafted_pickles()[name])
+    with pytest.raises(WeightsError) as err:
+        read_torch_container(tmp_path / name)
+    message = str(err.value)
+    assert f"{name}: refusing to unpickle os.system" in message and "args.allow_unsafe_pickle=true" in message
+    assert "weights_only" not in message and "likely succeed" not in message and "\n" not in message
+    with unsafe_pickle_option("--allow-unsafe-pickle"), pytest.raises(WeightsError) as err:
+        read_tensor_file(tmp_path / name)
+    assert "--allow-unsafe-pickle" in str(err.value) and "args.allow_unsafe_pickle" not in str(err.value)
+    assert "pwn" not in capfd.readouterr().out  # nothing ran
+
+
+def test_other_unreadable_torch_files_do_not_repeat_torchs_advice(tmp_path):
+    (tmp_path / "ext.pt").write_bytes(b"\x80\x02\x82\x01.")  # an EXT1 opcode: unsupported, no global
+    with pytest.raises(WeightsError) as err:
+        read_torch_container(tmp_path / "ext.pt")
+    assert (
+        str(err.value).split("/")[-1]
+        == "ext.pt: cannot be read as a weights-only torch file (UnpicklingError: Unsupported operand 130)"
+    )
+
+
+def test_convert_checkpoint_names_its_own_flag(tmp_path, capsys):
+    from scripts import convert_checkpoint
+
+    (tmp_path / "evil.pt").write_bytes(crafted_pickles()["stack_global.pt"])
+    assert (
+        convert_checkpoint.main(["to-safetensors", str(tmp_path / "evil.pt"), str(tmp_path / "out.safetensors")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "refusing to unpickle os.system" in err and "--allow-unsafe-pickle" in err
+    assert "args.allow_unsafe_pickle" not in err and "likely succeed" not in err
+    assert convert_checkpoint.main(["inspect", str(tmp_path / "evil.pt")]) == 2
+    err = capsys.readouterr()
+    assert "--allow-unsafe-pickle" in err.out + err.err and "args.allow_unsafe_pickle" not in err.out + err.err
