@@ -47,7 +47,9 @@ if [ $((WORLD % SP)) -ne 0 ]; then
 fi
 echo "layout: $NNODES node(s) × $NPROC_PER_NODE process(es) = world $WORLD = data parallel $((WORLD / SP)) × sequence parallel $SP (node $NODE_RANK, rendezvous $MASTER_ADDR:$MASTER_PORT)"
 
+# torchrun through sat/launch.py: the same options, and a failure ends with one line instead of torchrun's traceback.
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 # shellcheck disable=SC2086  # BASE is a list of files
-exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" --node-rank "$NODE_RANK" \
+exec "$PYTHON" -m sat.launch --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" --node-rank "$NODE_RANK" \
     --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
     "$HERE/sample_video.py" --base $BASE "args.sequence_parallel_size=$SP" "$@"

@@ -146,8 +146,11 @@ def test_data_parallel_writes_every_line_once_and_identically(workdir):
     ],
 )
 def test_impossible_layouts_fail_before_any_model_work(workdir, extra, message):
+    """The error every rank finds is said once (by rank 0), with the exit status 2 and no launcher traceback."""
     result = launch(workdir, workdir / "never", 2, 2, *extra)
-    assert result.returncode != 0 and message in result.stderr
+    assert result.returncode == 2 and result.stderr.count(message) == 1, result.stderr[-3000:]
+    assert "[rank 0] error: " in result.stderr and "Traceback" not in result.stderr
+    assert "launch: rank 0 exited with status 2" in result.stderr
     assert "model: DiT" not in result.stderr and not (workdir / "never").exists()
 
 
