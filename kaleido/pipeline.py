@@ -196,9 +196,6 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     return model.eval()
 
 
-build_engine = build_model  # the former name, still imported by scripts/benchmark.py
-
-
 def load_noise_table(args: SampleArgs, prompts: list[files.PromptLine], shape: tuple[int, ...]) -> dict | None:
     """args.noise_file checked up front: one (B, T, C, H, W) tensor per prompt line, named by the line index."""
     if not args.noise_file:

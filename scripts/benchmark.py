@@ -406,7 +406,7 @@ def text_benchmark(args) -> dict:
 def e2e_tiny_benchmark(args) -> dict:
     """The CPU demo end to end (3 prompts with 1-3 references), and with --compare the same run with the
     reference DiT implementation swapped in."""
-    from kaleido.pipeline import SampleArgs, build_engine, run
+    from kaleido.pipeline import SampleArgs, build_model, run
     from sat.config import load_config, parse_args
 
     config = load_config(
@@ -417,25 +417,25 @@ def e2e_tiny_benchmark(args) -> dict:
         ],
     )
     sample_args = parse_args(SampleArgs, config)
-    engine = build_engine(sample_args, config)
-    engine.sampler.progress = False
+    model = build_model(sample_args, config)
+    model.sampler.progress = False
     cwd = os.getcwd()
     os.chdir(REPO)  # the example prompts name their references relative to the repository
     try:
         with tempfile.TemporaryDirectory() as out:
             sample_args.output_dir, sample_args.overwrite = out, True
-            timing = time_runs(lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats)
+            timing = time_runs(lambda: run(sample_args, model), torch.device("cpu"), args.warmup, args.repeats)
             record = {
                 "prompts": 3,
-                "steps": engine.sampler.num_steps,
+                "steps": model.sampler.num_steps,
                 "size": sample_args.sampling_image_size,
                 "latent_frames": sample_args.sampling_latent_frames,
                 "timing": timing,
             }
             if args.compare:
-                engine.network = ReferenceDiT(engine.network)
+                model.network = ReferenceDiT(model.network)
                 record["reference_timing"] = time_runs(
-                    lambda: run(sample_args, engine), torch.device("cpu"), args.warmup, args.repeats
+                    lambda: run(sample_args, model), torch.device("cpu"), args.warmup, args.repeats
                 )
                 record["speedup_vs_reference"] = record["reference_timing"]["median_s"] / timing["median_s"]
     finally:
