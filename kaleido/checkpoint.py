@@ -226,13 +226,23 @@ def write_sat_checkpoint(
     interrupted write never leaves `latest` naming an incomplete iteration. Other iterations are kept.
     """
     directory = Path(directory)
-    module = sat_module(dit_state_dict)
     target = directory / str(iteration)
     directory.mkdir(parents=True, exist_ok=True)
     with files.atomic_directory(target, overwrite=overwrite) as tmp:
-        torch.save({"module": module, **(client_state or {})}, tmp / SAT_MODEL_FILE)
+        write_model_states(tmp, dit_state_dict, client_state=client_state)
     files.write_text(directory / "latest", str(iteration))
     return target / SAT_MODEL_FILE
+
+
+def write_model_states(
+    folder: str | Path, dit_state_dict: dict, dtype: torch.dtype | None = None, client_state: dict | None = None
+) -> Path:
+    """`<folder>/mp_rank_00_model_states.pt` = {'module': sat_module(dit_state_dict, dtype), **client_state},
+    written to a temporary name and renamed. The piece of an iteration folder that the official code reads."""
+    path = Path(folder) / SAT_MODEL_FILE
+    with files.atomic_path(path) as tmp:
+        torch.save({"module": sat_module(dit_state_dict, dtype), **(client_state or {})}, tmp)
+    return path
 
 
 def load_dit_weights(path: str | Path, allow_unsafe_pickle: bool = False, strict: bool = True) -> dict:

@@ -1,4 +1,5 @@
-"""The training objective of one micro-batch and the deterministic sample stream (spec training.md §2-6).
+"""The training objective of one micro-batch and the deterministic sample stream (docs/design/training.md,
+'Objective' and 'Deterministic sample stream').
 
 Every random choice of training is a pure function of (seed, global sample position): the sample order, caption
 dropout, σ and the noise. A run resumed at micro-step m therefore draws exactly what the uninterrupted run drew,
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from kaleido.data import SampleError, SFTDataset, collate
 from sgm.loss import RFLoss
 
 REFERENCE_ENCODINGS = ("separate", "stacked_first")
@@ -51,12 +53,74 @@ def micro_batch_positions(micro_step: int, micro_batch: int, dp_rank: int, dp_si
     return list(range(start, start + micro_batch))
 
 
+class PositionDataset(torch.utils.data.Dataset):
+    """Global sample position -> item (with its "position"). A sample that fails to decode is replaced by the next
+    dataset index (deterministically: the same replacement in every run); the replaced samples travel with the item
+    as "skipped": [(sample id, reason), ...]."""
+
+    def __init__(self, dataset: SFTDataset, seed: int):
+        self.dataset = dataset
+        self.order = SampleOrder(len(dataset), seed)
+
+    def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
+        return 2**62
+
+    def __getitem__(self, position: int) -> dict:
+        index, skipped = self.order.index(position), []
+        for attempt in range(len(self.dataset)):
+            current = (index + attempt) % len(self.dataset)
+            try:
+                item = self.dataset[current]
+            except SampleError as err:
+                skipped.append((self.dataset.samples[current].id, str(err)))
+                continue
+            return {**item, "position": position, "skipped": skipped}
+        raise SampleError(f"no sample of the dataset can be read ({skipped[0][0]}: {skipped[0][1]})")
+
+
+class MicroBatchSampler(torch.utils.data.Sampler):
+    """This rank's sample positions, one list per micro-step, from micro-step `start` on: the one place where
+    positions are computed (the batches carry them)."""
+
+    def __init__(self, start: int, micro_batch: int, dp_rank: int, dp_size: int):
+        self.start, self.micro_batch, self.dp_rank, self.dp_size = start, micro_batch, dp_rank, dp_size
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield micro_batch_positions(step, self.micro_batch, self.dp_rank, self.dp_size)
+            step += 1
+
+
+def collate_with_skips(items: list[dict]) -> dict:
+    """`kaleido.data.collate` plus "position" (list of ints) and "skipped" (list of (id, reason))."""
+    return {
+        **collate(items),
+        "position": [item["position"] for item in items],
+        "skipped": [skip for item in items for skip in item["skipped"]],
+    }
+
+
+def sample_loader(
+    dataset: SFTDataset, seed: int, start: int, micro_batch: int, dp_rank: int, dp_size: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    """Micro-batches in order (workers prefetch; the order stays the sampler's), resumable at any micro-step."""
+    return torch.utils.data.DataLoader(
+        PositionDataset(dataset, seed),
+        batch_sampler=MicroBatchSampler(start, micro_batch, dp_rank, dp_size),
+        num_workers=num_workers,
+        collate_fn=collate_with_skips,
+        prefetch_factor=2 if num_workers else None,
+        persistent_workers=num_workers > 0,
+    )
+
+
 def caption_dropped(seed: int, position: int, rate: float) -> bool:
     return rate > 0 and float(torch.rand(1, generator=counter_generator(seed, "caption", position))) < rate
 
 
 class TrainingObjective:
-    """Rectified-flow loss of a micro-batch with frozen text encoder and VAE (training.md §2).
+    """Rectified-flow loss of a micro-batch with frozen text encoder and VAE (docs/design/training.md, 'Objective').
 
     reference_encoding: 'separate' (each reference of each sample is its own 1-frame video, as at inference) or
     'stacked_first' (official TR1: sample 0's references encoded as one N-frame video, which keeps only the first

@@ -1,12 +1,18 @@
-"""Training engines with one interface: DeepSpeed ZeRO-2 and PyTorch FSDP2 (spec training.md §7-9).
+"""Training engines with one interface: DeepSpeed ZeRO-2 and PyTorch FSDP2 (docs/design/training.md, 'The two
+engines' and 'Optimisation').
 
-Both engines take the same settings from the YAML `deepspeed:` block (micro-batch, gradient accumulation, AdamW
-parameters, gradient clipping, bf16), the same parameter groups and the same LR rule, so a run means the same on
-either. The model knows nothing of them: sharding, mixed precision and activation checkpointing are applied here.
+"Engine" means only these (args.engine). Both take the same settings from the YAML `deepspeed:` block (DeepSpeed's
+own config; FSDP2 reads micro-batch, gradient accumulation, AdamW parameters, gradient clipping and bf16 from it),
+the same parameter groups and the same LR rule, so a run means the same on either. The model knows nothing of them
+(sharding, mixed precision and activation checkpointing are applied by kaleido.parallelize).
+
+One optimizer step = `accumulation` micro-batches, counted by the caller's loop only:
+
+    for micro in range(accumulation):
+        engine.backward(loss, last=micro == accumulation - 1)   # scales by 1/accumulation itself
+    result = engine.step()                                      # clip, optimizer and LR-scheduler step
 
     engine.module(...)            forward (the wrapped DiT)
-    engine.backward(loss)         one micro-batch; gradients accumulate until the step boundary
-    engine.step() -> StepResult   at the boundary: clip, optimizer and LR-scheduler step
     engine.save_state(dir)        full training state (collective): model, optimizer, scheduler
     engine.load_state(dir)
     engine.full_state_dict()      our-layout DiT weights on rank 0 (None elsewhere), for SAT export
@@ -46,6 +52,11 @@ class OptimSettings:
     weight_decay: float
     clip: float
     bf16: bool
+    torch_adam: bool = False  # DeepSpeed: torch.optim.AdamW instead of its FusedAdam (which needs a CUDA compiler)
+    fused: bool | None = None  # torch AdamW's fused kernel (both engines); None = torch's default
+
+    # optimizer.params keys: AdamW's, plus DeepSpeed's choice of implementation (deepspeed/runtime/engine.py).
+    PARAM_KEYS = ("lr", "betas", "eps", "weight_decay", "torch_adam", "adam_w_mode", "fused")
 
     @classmethod
     def from_deepspeed_block(cls, block: dict, world_size: int) -> OptimSettings:
@@ -67,6 +78,17 @@ class OptimSettings:
                 f"deepspeed.optimizer.type={optimizer.get('type')!r}: only AdamW is supported by both engines"
             )
         params = optimizer.get("params", {})
+        unknown = sorted(set(params) - set(cls.PARAM_KEYS))
+        if unknown:
+            raise TrainingConfigError(
+                f"deepspeed.optimizer.params.{unknown[0]}: unknown key (expected some of {list(cls.PARAM_KEYS)})"
+            )
+        if params.get("fused") and not params.get("torch_adam"):
+            raise TrainingConfigError("deepspeed.optimizer.params.fused: needs torch_adam: true (torch's AdamW)")
+        if not params.get("adam_w_mode", True):
+            raise TrainingConfigError(
+                "deepspeed.optimizer.params.adam_w_mode=false: Adam with L2 decay is not supported by both engines"
+            )
         return cls(
             micro,
             accumulation,
@@ -76,6 +98,8 @@ class OptimSettings:
             float(params.get("weight_decay", 1e-4)),
             float(block.get("gradient_clipping", 0.0)),
             bool(block.get("bf16", {}).get("enabled", True)),
+            bool(params.get("torch_adam", False)),
+            None if params.get("fused") is None else bool(params["fused"]),
         )
 
 
@@ -96,7 +120,7 @@ def annealing_lr_factor(
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_modulation: bool = True) -> list[dict]:
-    """Official groups (training.md §7.2): no decay for biases and LayerNorm parameters; everything else decays,
+    """Official groups (docs/design/training.md, 'Optimisation'): no decay for biases and LayerNorm parameters; everything else decays,
     including the q/k RMSNorm weights and modulation tables (TR5) unless decay_norm_and_modulation is False."""
     no_decay_modules = {
         id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)
@@ -152,21 +176,23 @@ class DeepSpeedEngine:
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda),
         )
         self.module = self.engine
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the basic optimizer
+        log.info("DeepSpeed optimizer: %s.%s", type(inner).__module__, type(inner).__name__)
 
     @property
     def network(self) -> nn.Module:
         return self.engine.module
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """One micro-batch; DeepSpeed divides by gradient_accumulation_steps. The caller says which backward is
+        the last of the step (DeepSpeed's manual boundary): DeepSpeed does not count micro-steps itself."""
+        self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss)
 
     def step(self) -> StepResult:
-        """Call after every backward; DeepSpeed steps the optimizer at the accumulation boundary only."""
-        boundary = self.engine.is_gradient_accumulation_boundary()
+        """Once per optimizer step, after the backward with last=True."""
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
-        if not boundary:
-            return StepResult(math.nan, lr)
         norm = self.engine.get_global_grad_norm()
         return StepResult(float(norm) if norm is not None else math.nan, lr)
 
@@ -188,7 +214,12 @@ class DeepSpeedEngine:
 
 
 class FSDP2Engine:
-    """A model already sharded with FSDP2 (kaleido.parallelize.apply_fsdp); torch AdamW; DCP state."""
+    """A model already sharded with FSDP2 (kaleido.parallelize.apply_fsdp); torch AdamW; DCP state.
+
+    sync_every_micro_step: reduce-scatter the gradients in every backward (as ZeRO-2 does), so each rank keeps only
+    its fp32 gradient shard between micro-steps. False: sync only in the last backward of each step (less
+    communication, but every rank holds the unsharded fp32 gradients of all blocks: ~57 GB per GPU at 14B).
+    """
 
     name = "fsdp2"
 
@@ -199,33 +230,29 @@ class FSDP2Engine:
         lr_lambda,
         decay_norm_and_modulation: bool,
         device: torch.device,
+        sync_every_micro_step: bool = True,
     ):
         self.settings = settings
         self.device = device
+        self.sync_every_micro_step = sync_every_micro_step
         self.model = self.module = model
         groups = parameter_groups(model, settings.weight_decay, decay_norm_and_modulation)
-        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps)
+        fused = {} if settings.fused is None else {"fused": settings.fused}
+        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps, **fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
-        self.micro_step = 0
-        self.model.set_requires_gradient_sync(settings.accumulation == 1)
 
     @property
     def network(self) -> nn.Module:
         return self.model
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """One micro-batch, scaled by 1/accumulation; `last`: the last backward of this optimizer step."""
+        self.model.set_requires_gradient_sync(self.sync_every_micro_step or last)
         (loss / self.settings.accumulation).backward()
 
     def step(self) -> StepResult:
-        self.micro_step += 1
+        """Once per optimizer step: clip, AdamW (skipped for a non-finite gradient norm), LR schedule."""
         lr = self.scheduler.get_last_lr()[0]
-        boundary = self.micro_step % self.settings.accumulation == 0
-        # Gradients are reduced across ranks only in the last backward of each accumulation window.
-        self.model.set_requires_gradient_sync(
-            self.settings.accumulation == 1 or (self.micro_step + 1) % self.settings.accumulation == 0
-        )
-        if not boundary:
-            return StepResult(math.nan, lr)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.settings.clip if self.settings.clip > 0 else float("inf"))
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -249,10 +276,7 @@ class FSDP2Engine:
 
         dcp.save(self._state(), checkpoint_id=str(folder))
         if dist.get_rank() == 0:
-            torch.save(
-                {**client_state, "scheduler": self.scheduler.state_dict(), "engine_micro_step": self.micro_step},
-                f"{folder}/engine_state.pt",
-            )
+            torch.save({**client_state, "scheduler": self.scheduler.state_dict()}, f"{folder}/engine_state.pt")
 
     def load_state(self, folder) -> dict:
         import torch.distributed.checkpoint as dcp
@@ -265,9 +289,7 @@ class FSDP2Engine:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         extra = read_torch_container(f"{folder}/engine_state.pt")
         self.scheduler.load_state_dict(extra.pop("scheduler"))
-        self.micro_step = extra.pop("engine_micro_step")
-        accumulation = self.settings.accumulation
-        self.model.set_requires_gradient_sync(accumulation == 1 or (self.micro_step + 1) % accumulation == 0)
+        extra.pop("engine_micro_step", None)  # written by earlier versions
         return extra
 
     def full_state_dict(self) -> dict | None:

@@ -23,12 +23,16 @@ def data(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("train") / "data")
 
 
-def train(save, data, *overrides, nproc=1, fault=None, script=None, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+def train(save, data, *overrides, nproc=1, fault=None, script=None, check=True, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", **(env or {})}
     env.pop("KALEIDO_FAULT_INJECT", None)
     if fault:
         env["KALEIDO_FAULT_INJECT"] = fault
     program = ["-c", script, *BASE] if script else [str(REPO / "train_video_concat.py"), "--base", *BASE]
+    if script and nproc > 1:  # torchrun runs files only
+        driver = save.parent / f"{save.name}_driver.py"
+        driver.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n{script}")
+        program = [str(driver), *BASE]
     if nproc > 1:
         command = [
             sys.executable,
@@ -93,10 +97,16 @@ def test_two_processes_train_and_save_in_the_official_layout(data, tmp_path, eng
 
 
 def test_both_engines_compute_the_same_training_run(data, tmp_path):
-    """Same settings, same seed, fp32: DeepSpeed ZeRO-2 and FSDP2 give the same losses step by step."""
+    """Same settings, same seed, fp32: DeepSpeed ZeRO-2 and FSDP2 give the same losses step by step (with torch's
+    fused AdamW, as the 14B configs choose)."""
     runs = {}
     for engine in ("deepspeed", "fsdp2"):
-        train(tmp_path / engine, data, f"args.engine={engine}", "args.train_iters=3", "args.save_interval=3")
+        fused = "deepspeed.optimizer.params.fused=true"
+        result = train(
+            tmp_path / engine, data, f"args.engine={engine}", "args.train_iters=3", "args.save_interval=3", fused
+        )
+        if engine == "deepspeed":
+            assert "DeepSpeed optimizer: torch.optim.adamw.AdamW" in result.stderr  # not DeepSpeed's FusedAdam
         runs[engine] = [metrics(tmp_path / engine)[i]["loss"] for i in (1, 2, 3)]
     assert runs["deepspeed"] == pytest.approx(runs["fsdp2"], rel=1e-5)
 
@@ -253,7 +263,7 @@ def test_shipped_14b_training_configs_are_consistent():
             settings.clip,
             settings.bf16,
         ) == (1, 8, 5e-6, (0.9, 0.95), 1e-8, 1e-4, 0.1, True)
-    # spec training.md §7.3: 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
+    # docs/design/training.md, 'Optimisation': 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
     lrs = [5e-6 * annealing_lr_factor(k, 5000) for k in range(0, 102)]
     assert lrs[:3] == pytest.approx([1e-7, 2e-7, 2.5e-7]) and lrs[99] == pytest.approx(2.5e-7) and lrs[100] == 5e-6
 
@@ -301,3 +311,95 @@ def test_parameter_groups_follow_the_official_rule():
         [names[id(p)] for p in g["params"]] for g in parameter_groups(model, 1e-4, decay_norm_and_modulation=False)
     )
     assert not [n for n in decay if "norm" in n or "modulation" in n]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_broken_latest_is_one_error_then_resume_from_or_start_over(data, tmp_path):
+    """A `latest` naming a missing iteration, holding garbage or empty never restarts training silently: one error
+    lists the complete iterations and the ways out, and nothing is written or pruned. args.resume_from resumes from
+    a chosen one; args.resume=false moves the earlier run aside and starts at iteration 0."""
+    save = tmp_path / "run"
+    common = ["args.save_interval=1", "args.keep_last_n=1"]
+    train(save, data, "args.train_iters=2", "args.keep_last_n=0", "args.save_interval=1")
+    before = (save / "metrics.jsonl").read_text()
+    for latest in ("7", "garbage", ""):
+        (save / "latest").write_text(latest)
+        broken = train(save, data, "args.train_iters=3", *common, check=False)
+        assert broken.returncode == 2, broken.stderr[-2000:]
+        [line] = error_lines(broken.stderr)
+        assert f"complete checkpoints in {save}: 1, 2; resume from one with args.resume_from=<iteration>" in line
+        assert "start over with args.resume=false" in line
+        assert sorted(p.name for p in save.iterdir() if p.name.isdigit()) == ["1", "2"]
+        assert (save / "metrics.jsonl").read_text() == before
+    resumed = train(save, data, "args.train_iters=3", "args.resume_from=1", *common)
+    assert f"resumed from {save / '1'}: iteration 1, micro-step 2" in resumed.stderr
+    assert (save / "latest").read_text() == "3" and sorted(metrics(save)) == [1, 2, 3]
+    assert sorted(p.name for p in save.iterdir() if p.name.isdigit()) == ["3"]  # keep_last_n=1
+    train(save, data, "args.train_iters=1", "args.resume=false", *common)
+    assert (save / "previous-1" / "latest").read_text() == "3" and (save / "previous-1" / "3").is_dir()
+    assert (save / "latest").read_text() == "1" and sorted(metrics(save)) == [1]
+
+
+@pytest.mark.parametrize("engine, state_file", [("deepspeed", "*optim_states.pt"), ("fsdp2", "*.distcp")])
+def test_truncated_training_state_is_one_line_naming_the_file(data, tmp_path, engine, state_file):
+    save = tmp_path / engine
+    train(save, data, f"args.engine={engine}", "args.train_iters=2", "args.save_interval=1", "args.keep_last_n=0")
+    [damaged] = (save / "2" / "train_state").rglob(state_file)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = train(save, data, f"args.engine={engine}", "args.train_iters=3", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: {damaged}: unreadable") and "args.resume_from=1" in line, line
+
+
+def test_save_path_that_is_a_file_is_an_error_before_setup(data, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    result = train(tmp_path / "taken", data, check=False)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"error: args.save={tmp_path / 'taken'}: is a file; expected a checkpoint folder"
+    ]
+    assert "dataset" not in result.stderr  # nothing was set up (the dataset scan logs first)
+
+
+INPUTS_DRIVER = """
+import os, sys, torch
+import kaleido.trainer as trainer
+original, records = trainer.parallelize_dit, []
+def record(module, args, kwargs):
+    tensors = {"x": args[0], "t": args[1], **{k: v for k, v in kwargs.items() if torch.is_tensor(v)}}
+    records.append({k: v.detach().cpu().clone() for k, v in tensors.items()})
+    torch.save(records, os.environ["INPUTS_RECORD"] + f".rank{os.environ['RANK']}.pt")
+def parallelize(network, device, **kwargs):
+    out = original(network, device, **kwargs)
+    network.register_forward_pre_hook(record, with_kwargs=True)  # after FSDP's own hooks: what forward receives
+    return out
+trainer.parallelize_dit = parallelize
+sys.argv = ["train_video_concat.py", "--base", *sys.argv[1:3]] + sys.argv[3:]
+import train_video_concat
+sys.exit(train_video_concat.main(sys.argv[1:]))
+"""
+
+
+def test_both_engines_give_the_dit_the_same_inputs_in_bf16(data, tmp_path):
+    """Mixed precision (bf16 in the deepspeed block), 2 processes, same seed and data: the DiT receives bitwise the
+    same inputs under DeepSpeed and FSDP2 (FSDP2 casting forward inputs would round the time input 1000·σ to bf16),
+    and the first losses agree within bf16 tolerance."""
+    records, losses = {}, {}
+    for engine in ("deepspeed", "fsdp2"):
+        save = tmp_path / engine
+        bf16 = [f"args.engine={engine}", "args.train_iters=2", "args.save_interval=2", "deepspeed.bf16.enabled=true"]
+        train(save, data, *bf16, nproc=2, script=INPUTS_DRIVER, env={"INPUTS_RECORD": str(tmp_path / engine)})
+        records[engine] = [torch.load(f"{tmp_path / engine}.rank{r}.pt") for r in (0, 1)]
+        losses[engine] = [metrics(save)[i]["loss"] for i in (1, 2)]
+    for rank in (0, 1):
+        deepspeed, fsdp2 = records["deepspeed"][rank], records["fsdp2"][rank]
+        assert len(deepspeed) == len(fsdp2) == 4  # 2 steps × accumulation 2
+        for a, b in zip(deepspeed, fsdp2):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (rank, key, a[key], b[key])
+    assert losses["deepspeed"] == pytest.approx(losses["fsdp2"], rel=2e-2)
