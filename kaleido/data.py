@@ -1,4 +1,5 @@
-"""Training dataset in the official folder layout (spec training.md §6; quirks TR2, TR11).
+"""Training dataset in the official folder layout (docs/design/training.md, 'Dataset and frame sampling'; quirks
+TR2, TR11 in docs/design/quirks.md).
 
     <data_dir>/videos/<id>.mp4              only ".mp4", sorted by name; id = file stem
               /labels/<id>.txt              caption = first line
@@ -33,6 +34,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +68,9 @@ NO_FPS = "unknown frame rate"
 TOO_SHORT = "video shorter than needed"
 OFFICIAL_STRIDE_0 = "official sampling crashes: stride 0 (source fps below target fps)"
 OFFICIAL_INDEX_ERROR = "official sampling crashes: IndexError near the clip end"
+
+# Ids logged per skip reason when a dataset is opened (the rest are counted).
+SKIPPED_IDS_LOGGED = 20
 
 # Frames resized at once: bounds the float32 copy of a full-HD clip (81 frames would need ~2 GB).
 _RESIZE_CHUNK = 8
@@ -113,7 +120,7 @@ def resample_indices(
 def official_indices(
     n_frames: int, fps_src: float, fps: int = 16, num_frames: int = 81, skip_frames: int = 3
 ) -> list[int]:
-    """The official `SFTDataset.__getitem__` frame choice (spec §6.2, TR2), before truncation/padding.
+    """The official `SFTDataset.__getitem__` frame choice (TR2, docs/design/quirks.md), before truncation/padding.
 
     Raises `SampleSkipped` where the official code crashes: stride 0 (source below the target fps), an index
     past the frames it read (IndexError near the clip end), or nothing left after skipping.
@@ -201,6 +208,30 @@ def _decord():
     return decord
 
 
+def _without_decoder_noise(call):
+    """Run `call()` with file descriptor 2 captured: decord's C++ side and ffmpeg print "ERROR opening ..." /
+    "moov atom not found" there for broken files, which are reported as skipped (with the reason) anyway. On
+    success whatever was captured is written back to stderr, so nothing else is lost; on failure it is dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            result = call()
+            failed = False
+            return result
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                sink.seek(0)
+                captured = sink.read()
+                if captured:
+                    os.write(2, captured)
+
+
 def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -223,8 +254,12 @@ def probe_video(path: Path, backend: str = "auto") -> tuple[int, float]:
     try:
         if backend == "decord":
             decord = _decord()
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            return len(reader), float(reader.get_avg_fps())
+
+            def probe() -> tuple[int, float]:
+                reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+                return len(reader), float(reader.get_avg_fps())
+
+            return _without_decoder_noise(probe)
         import imageio.v3 as iio
         import imageio_ffmpeg
 
@@ -246,10 +281,14 @@ def read_frames(path: Path, indices: Sequence[int], backend: str = "auto") -> np
     try:
         if backend == "decord":
             decord = _decord()
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            if wanted[-1] >= len(reader):
-                raise SampleError(f"{path}: frame {wanted[-1]} requested, the video has {len(reader)}")
-            decoded = reader.get_batch(wanted).asnumpy()
+
+            def decode() -> np.ndarray:
+                reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+                if wanted[-1] >= len(reader):
+                    raise SampleError(f"{path}: frame {wanted[-1]} requested, the video has {len(reader)}")
+                return reader.get_batch(wanted).asnumpy()
+
+            decoded = _without_decoder_noise(decode)
         else:
             import imageio.v3 as iio
 
@@ -281,7 +320,7 @@ def _first_line(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Spatial processing (spec §6.3)
+# Spatial processing (docs/design/training.md, 'Dataset and frame sampling')
 
 
 def cover_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
@@ -357,6 +396,27 @@ class ScanResult:
     def skip_summary(self) -> str:
         """'3 × no reference image, 1 × corrupt video' (most frequent first)."""
         return ", ".join(f"{count} × {reason}" for reason, count in self.skip_counts().most_common())
+
+
+def skipped_ids(scan: ScanResult) -> dict[str, list[str]]:
+    """reason -> ids of the skipped samples (folder/id when several folders are scanned), most frequent first."""
+    several = len(scan.data_dirs) > 1
+    ids: dict[str, list[str]] = {reason: [] for reason, _ in scan.skip_counts().most_common()}
+    for path, reason in scan.skipped:
+        video = Path(path)
+        ids[reason].append(f"{video.parent.parent}/{video.stem}" if several else video.stem)
+    return ids
+
+
+def _skipped_with_ids(scan: ScanResult) -> str:
+    """'; skipped 2: 1 × no caption file (e_nocaption), 1 × corrupt video (h_corrupt)', or '' when none."""
+    if not scan.skipped:
+        return ""
+    parts = []
+    for reason, ids in skipped_ids(scan).items():
+        more = f", … +{len(ids) - SKIPPED_IDS_LOGGED}" if len(ids) > SKIPPED_IDS_LOGGED else ""
+        parts.append(f"{len(ids)} × {reason} ({', '.join(ids[:SKIPPED_IDS_LOGGED])}{more})")
+    return f"; skipped {len(scan.skipped)}: " + ", ".join(parts)
 
 
 def scan_dataset(
@@ -532,8 +592,7 @@ class SFTDataset(Dataset):
         where = ", ".join(str(d) for d in scan.data_dirs)
         if not self.samples:
             raise DatasetError(f"0 usable samples in {where}: {scan.skip_summary()}")
-        skipped = f"; skipped {len(self.skipped)}: {scan.skip_summary()}" if self.skipped else ""
-        log.info("dataset %s: %d usable samples%s", where, len(self.samples), skipped)
+        log.info("dataset %s: %d usable samples%s", where, len(self.samples), _skipped_with_ids(scan))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -580,12 +639,9 @@ def format_report(scan: ScanResult, max_ids: int = 5) -> str:
     ]
     if scan.skipped:
         lines.append(f"skipped: {len(scan.skipped)}")
-        several = len(scan.data_dirs) > 1
-        for reason, count in scan.skip_counts().most_common():
-            paths = [Path(p) for p, r in scan.skipped if r == reason]
-            ids = [f"{p.parent.parent}/{p.stem}" if several else p.stem for p in paths[:max_ids]]
-            more = f", … (+{count - max_ids})" if count > max_ids else ""
-            lines.append(f"  {count} × {reason}: {', '.join(ids)}{more}")
+        for reason, ids in skipped_ids(scan).items():
+            more = f", … (+{len(ids) - max_ids})" if len(ids) > max_ids else ""
+            lines.append(f"  {len(ids)} × {reason}: {', '.join(ids[:max_ids])}{more}")
     if scan.samples:
         refs = Counter(len(sample.references) for sample in scan.samples)
         lines.append("references per sample: " + ", ".join(f"{n}: {refs[n]}" for n in sorted(refs)))

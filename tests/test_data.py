@@ -1,4 +1,5 @@
-"""Training dataset: layout scan, skips, frame selection (TR2), spatial processing, references (training.md §6)."""
+"""Training dataset: layout scan, skips, frame selection (TR2), spatial processing, references
+(docs/design/training.md, 'Dataset and frame sampling')."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def spec_resample(n: int, fps_src: float, num_frames: int, skip: int = 3) -> lis
 
 
 def spec_spatial(frames: np.ndarray, resized: tuple[int, int], top: int, left: int, size=SIZE) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> spec §6.3 with the resize size and crop offsets given explicitly."""
+    """(T, H, W, 3) uint8 -> the documented resize-and-crop (docs/design/training.md) with the resize size and crop
+    offsets given explicitly."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=resized, mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
     x = x[:, :, top : top + size[0], left : left + size[1]]
@@ -372,6 +374,49 @@ def test_decoding_failure_at_item_time_is_a_sample_error(tmp_path):
         ds[0]
 
 
+def test_skipped_samples_are_logged_with_their_ids(mixed, caplog):
+    with caplog.at_level(logging.INFO, logger="kaleido.data"):
+        SFTDataset([str(mixed)], video_size=SIZE, num_frames=FRAMES)
+    assert "1 × no caption file (e_nocaption), 1 × empty caption (f_emptycaption)" in caplog.text
+    assert "1 × corrupt video (h_corrupt), 1 × video shorter than needed (i_short)" in caplog.text
+    assert "1 × no reference image (g_norefs)" in caplog.text
+
+
+def test_unreadable_samples_in_the_stream_carry_their_ids(tmp_path):
+    """At item time (a file broken after the scan) the replaced sample's id travels with the item."""
+    from kaleido.training import PositionDataset
+
+    root = write_tiny_dataset(tmp_path / "d", [{"id": "aa"}, {"id": "bb"}])
+    stream = PositionDataset(SFTDataset([str(root)], video_size=SIZE, num_frames=FRAMES), seed=0)
+    video = root / "videos/aa.mp4"
+    video.write_bytes(video.read_bytes()[:200])
+    items = [stream[position] for position in range(2)]
+    assert [item["id"] for item in items] == ["bb", "bb"] and [item["position"] for item in items] == [0, 1]
+    [(sample_id, reason)] = [skip for item in items for skip in item["skipped"]]
+    assert sample_id == "aa" and "aa.mp4" in reason
+
+
+@needs_decord
+def test_broken_video_is_skipped_without_decoder_noise_on_stderr(tmp_path, capfd):
+    """decord's C++ side and ffmpeg print "ERROR opening ..." / "moov atom not found" on file descriptor 2 for a
+    broken file; the skip is reported with its reason, and stderr stays clean (at scan and at item time)."""
+    root = write_tiny_dataset(tmp_path / "d", [{"id": "broken", "corrupt": True}, {"id": "good"}])
+    scan = data.scan_dataset([root], video_size=SIZE, num_frames=FRAMES, backend="decord")
+    assert scan.skipped == [(str(root / "videos/broken.mp4"), data.CORRUPT_VIDEO)]
+    video = root / "videos/good.mp4"
+    video.write_bytes(video.read_bytes()[:300])
+    with pytest.raises(SampleError, match="good.mp4: cannot decode video"):
+        data.read_frames(video, [0, 1], backend="decord")
+    assert capfd.readouterr().err == ""
+
+
+def test_decoder_output_of_successful_calls_is_kept(capfd):
+    import os
+
+    assert data._without_decoder_noise(lambda: os.write(2, b"kept\n") and 7) == 7
+    assert capfd.readouterr().err == "kept\n"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Script
 
@@ -419,3 +464,19 @@ def test_script_errors(tmp_path, capsys):
     assert result.returncode == 2 and result.stdout == ""
     expected = f"error: {tmp_path / 'nope'}: dataset folder not found (expected a folder with {data.LAYOUT})"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_script_takes_the_training_configs(mixed, tmp_path, capsys):
+    """--base merges configs and key=value overrides as train_video_concat.py does; flags and folders win."""
+    base = [str(REPO / "configs/video_model/dit_crossattn_tiny.yaml"), str(REPO / "configs/training/train_tiny.yaml")]
+    config_run = [*base, f"args.train_data=[{mixed}]", "args.fps=8", "args.frame_sampling=official"]
+    assert index_main(["--base", *config_run]) == 0
+    report = capsys.readouterr().out
+    assert f"dataset: {mixed}" in report  # args.train_data
+    assert "settings: 9 frames at 8 fps, 64x96, skip 0, frame sampling official, up to 3 references" in report
+    assert index_main([str(mixed), "--num-frames", "13", "--max-subjects", "2", "--base", *config_run]) == 0
+    assert "settings: 13 frames at 8 fps, 64x96, skip 0, frame sampling official, up to 2 references" in (
+        capsys.readouterr().out
+    )
+    assert index_main(["--base", *base, "args.num_frame=13"]) == 2
+    assert "unknown key 'args.num_frame'" in capsys.readouterr().err
