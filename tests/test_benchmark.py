@@ -50,7 +50,7 @@ def run_mode(capsys, *argv) -> dict:
 
 def test_dit_modes_report_flops_kernels_and_the_reference_comparison(capsys):
     """CI-size runs of `block` and `step` (values recorded, never asserted as speed): the token count and FLOPs
-    follow the spec's formulas and the reference implementation computes the same outputs."""
+    follow the FLOP model (docs/design/performance.md) and the reference implementation computes the same outputs."""
     for mode, layers, forwards in (("block", 1, 1), ("step", 2, 2)):
         record = run_mode(capsys, mode, "--size", "tiny", "--refs", "3", "--repeats", "1", "--warmup", "0", "--compare")
         result = record["result"]

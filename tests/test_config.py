@@ -162,7 +162,7 @@ def test_shipped_configs_validate(files):
 
 
 def test_release_sampling_values():
-    """The shipped 14B configs carry the official sampling values (spec sampling.md §2)."""
+    """The shipped 14B configs carry the official sampling values (docs/design/sampling.md)."""
     config = load_config(
         [
             str(REPO / "configs/video_model/dit_crossattn_14B_wanvae.yaml"),

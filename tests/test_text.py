@@ -1,4 +1,4 @@
-"""Text conditioning: ftfy-lite and cleaning (Q7), the tiny offline tokenizer (components.md §D3), and the
+"""Text conditioning: ftfy-lite and cleaning (Q7), the tiny offline tokenizer (docs/design/components.md), and the
 umT5 conditioner end to end (mask-multiplied 512-token context, trim-to-longest bitwise)."""
 
 from __future__ import annotations
