@@ -216,14 +216,19 @@ def test_text_encoder_end_to_end(tokenizer_dir, dtype):
     reference = full(texts)
     torch_dtype = getattr(torch, dtype)
     assert context.shape == (4, 512, 32) and context.dtype == torch_dtype
-    assert torch.equal(context, reference)  # trim to the longest text, zero-pad: bitwise the same
+    # Trim to the longest text, zero-pad: the same values. fp32 to rounding only: some CPUs' kernels sum in an
+    # order that depends on the sequence length (4.8e-7 seen); bf16 rounds that away.
+    if dtype == "float32":
+        torch.testing.assert_close(context, reference, rtol=0, atol=2e-6)
+    else:
+        assert torch.equal(context, reference)
 
     ids, mask = trimmed.tokenize(texts)
     lengths = mask.sum(1)
     assert lengths[2] == 1 and 100 < lengths.max() < 512
     with torch.no_grad():
         hidden = trimmed.encoder(ids, mask)
-    assert torch.equal(context, hidden * mask[..., None].to(torch_dtype))
+    assert torch.equal(reference, hidden * mask[..., None].to(torch_dtype))  # the same 512-token computation
     for row, n in enumerate(lengths.tolist()):
         assert (context[row, n:] == 0).all()
         assert (context[row, :n].abs().sum(-1) > 0).all()
