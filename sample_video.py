@@ -34,7 +34,7 @@ from kaleido.pipeline import (
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
 from sat.parallel import resolve_device
-from sgm.util import InstantiationError
+from sgm.util import InstantiationError, use_exact_fp32
 from sgm.weights import WeightsError
 
 INPUT_ERRORS = (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError)
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="same as args.overwrite=true")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     cli = parser.parse_args(argv)
+    use_exact_fp32()  # fp32 settings (VAE, parity configs) mean fp32 on a GPU too: no TF32
     world_size, rank, local_rank = parallel.launched_world()
     rank_tag = f"[rank {rank}] " if world_size > 1 else ""
     logging.basicConfig(

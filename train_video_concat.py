@@ -21,7 +21,7 @@ from kaleido.data import DatasetError
 from kaleido.trainer import TrainArgs, Trainer, TrainingError
 from sat.config import ConfigError, load_config, parse_args
 from sat.parallel import ParallelConfigError
-from sgm.util import InstantiationError
+from sgm.util import InstantiationError, use_exact_fp32
 from sgm.weights import WeightsError
 
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="same as args.seed=N")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     cli = parser.parse_args(argv)
+    use_exact_fp32()  # fp32 settings (VAE, parity configs) mean fp32 on a GPU too: no TF32
     rank = int(os.environ.get("RANK", 0))
     tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
     logging.basicConfig(

@@ -136,3 +136,14 @@ def test_benchmark_vae_decodes_without_a_graph_and_in_exact_fp32(monkeypatch):
     # TF32 off for every run of the tool: its fp32 references are exact fp32, as on the CPU.
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+@pytest.mark.parametrize("entry", ["sample_video", "train_video_concat"])
+def test_the_entry_points_turn_tf32_off(entry, tmp_path, capsys):
+    import importlib
+
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    assert importlib.import_module(entry).main(["--base", str(tmp_path / "absent.yaml")]) == 2  # stops at the config
+    assert "absent.yaml" in capsys.readouterr().err
+    assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "ieee"
