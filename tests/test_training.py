@@ -403,3 +403,29 @@ def test_both_engines_give_the_dit_the_same_inputs_in_bf16(data, tmp_path):
             for key in a:
                 assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (rank, key, a[key], b[key])
     assert losses["deepspeed"] == pytest.approx(losses["fsdp2"], rel=2e-2)
+
+
+def test_official_reference_encoding_keeps_only_the_first_reference():
+    """TR1 under the training parity profile: a sample's 3 references go to the VAE as one 3-frame video, whose
+    trailing frames the official VAE drops (the profile sets frames_not_4k1: drop; the default would refuse)."""
+    from kaleido.training import TrainingObjective
+    from sat.config import load_config
+    from sgm.util import instantiate_from_config, seeded_random_init_
+
+    parity = BASE + [str(REPO / "configs/training/official_parity.yaml")]
+    config = load_config(parity, sections=("model", "args", "deepspeed"))
+    assert config.section("args")["reference_encoding"] == "stacked_first"
+    vae = seeded_random_init_(instantiate_from_config(config.section("model")["first_stage_config"]), 0).eval()
+    objective = TrainingObjective(lambda texts: torch.zeros(len(texts), 4, 8), vae, reference_encoding="stacked_first")
+    generator = torch.Generator().manual_seed(0)
+    references = torch.rand(3, 3, 32, 48, generator=generator) * 2 - 1
+    batch = {
+        "video": torch.rand(1, 5, 3, 32, 48, generator=generator) * 2 - 1,
+        "text": ["a"],
+        "references": [references],
+    }
+    (group,) = objective.encode(batch, [0])
+    with torch.no_grad():
+        first_alone = vae.encode(references[:1, :, None])[:, :, 0]  # (1, C, h, w): reference 1 as its own video
+    assert group["references"].shape == (1, 1, 16, 4, 6)
+    assert torch.equal(group["references"][0], first_alone)
