@@ -435,19 +435,6 @@ def scan_dataset(
     """Check the folders and every sample (metadata only). Raises `DatasetError` for a missing or empty folder
     or one without videos/; usable and skipped samples are returned (zero usable is not an error here)."""
     dirs = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(d) for d in data_dirs]
-    _check_settings(
-        dirs,
-        video_size,
-        fps,
-        num_frames,
-        skip_frames,
-        max_references,
-        frame_sampling,
-        ref_alpha,
-        reference_pattern,
-        min_frames,
-    )
-    backend = resolve_backend(backend)
     settings = {
         "video_size": tuple(video_size),
         "fps": fps,
@@ -458,8 +445,9 @@ def scan_dataset(
         "ref_alpha": ref_alpha,
         "reference_pattern": reference_pattern,
         "min_frames": min_frames,
-        "backend": backend,
     }
+    _check_settings(dirs, **settings)
+    settings["backend"] = resolve_backend(backend)
     result = ScanResult(dirs, settings)
     for data_dir in dirs:
         for video in _list_videos(data_dir):
