@@ -18,7 +18,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 
 from kaleido.files import InputError, OutputError
 from kaleido.parallelize import parallelize_dit
@@ -33,15 +32,12 @@ from kaleido.pipeline import (
 )
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
+from sat.launch import leave_the_report_to_local_rank_0
 from sat.parallel import resolve_device
 from sgm.util import InstantiationError, use_exact_fp32
 from sgm.weights import WeightsError
 
 INPUT_ERRORS = (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError)
-# Under torchrun every rank runs the up-front checks on the same files, so one rank per node reports a failure.
-# The others exit with the same status after this delay: torchrun stops the remaining ranks when the first exits,
-# and the reporting rank must not be stopped before it has printed.
-QUIET_RANK_DELAY_S = 3.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -127,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel.wait_for_all_ranks(state)  # every rank's lines are written before any process reports success
     except INPUT_ERRORS as err:
         if not checked and local_rank != 0:  # the same error as local rank 0, which reports it
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            time.sleep(QUIET_RANK_DELAY_S)
+            leave_the_report_to_local_rank_0()
             return 2
         print(f"{rank_tag}error: {err}", file=sys.stderr)
         return 2

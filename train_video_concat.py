@@ -20,6 +20,7 @@ import sys
 from kaleido.data import DatasetError
 from kaleido.trainer import TrainArgs, Trainer, TrainingError
 from sat.config import ConfigError, load_config, parse_args
+from sat.launch import leave_the_report_to_local_rank_0
 from sat.parallel import ParallelConfigError
 from sgm.util import InstantiationError, use_exact_fp32
 from sgm.weights import WeightsError
@@ -45,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     base_files = [item for item in cli.base if "=" not in item]
     if cli.seed is not None:
         overrides.append(f"args.seed={cli.seed}")
+    checked = False
     try:
         config = load_config(base_files, overrides, sections=("model", "args", "deepspeed"))
         args = parse_args(TrainArgs, config)
+        checked = True
         Trainer(args, config).train()
     except (ConfigError, InstantiationError, DatasetError, WeightsError, ParallelConfigError) as err:
+        if not checked and int(os.environ.get("LOCAL_RANK", 0)) != 0:  # every rank read the same config
+            leave_the_report_to_local_rank_0()
+            return 2
         print(f"{tag}error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

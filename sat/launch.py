@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+# Under torchrun every rank runs the up-front checks on the same files, so one rank per node reports a failure.
+# The others exit with the same status after this delay: torchrun stops the remaining ranks when the first exits,
+# and the reporting rank must not be stopped before it has printed.
+QUIET_RANK_DELAY_S = 3.0
+
+
+def leave_the_report_to_local_rank_0() -> None:
+    """Called by a rank other than local rank 0 that hit the same up-front error: wait, silently, so that local
+    rank 0 prints it once (a SIGTERM from torchrun now simply ends this process)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(QUIET_RANK_DELAY_S)
 
 
 def main(argv: list[str] | None = None) -> int:

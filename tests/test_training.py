@@ -429,3 +429,28 @@ def test_official_reference_encoding_keeps_only_the_first_reference():
         first_alone = vae.encode(references[:1, :, None])[:, :, 0]  # (1, C, h, w): reference 1 as its own video
     assert group["references"].shape == (1, 1, 16, 4, 6)
     assert torch.equal(group["references"][0], first_alone)
+
+
+def test_a_config_error_under_the_launcher_is_said_once(tmp_path):
+    """Two ranks read the same bad config: local rank 0 reports it, the launcher ends with one line, no traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    command = [sys.executable, "-m", "sat.launch", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    result = subprocess.run(
+        [
+            *command,
+            str(REPO / "train_video_concat.py"),
+            "--base",
+            *BASE,
+            f"args.save={tmp_path / 's'}",
+            "args.epochs=3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("unknown key 'args.epochs'") == 1 and "[rank 0] error: " in result.stderr
+    assert "Traceback" not in result.stderr and "launch: rank 0 exited with status 2" in result.stderr
+    assert not (tmp_path / "s").exists()
