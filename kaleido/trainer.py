@@ -260,7 +260,7 @@ class Trainer:
         frozen = self.model
         model = KaleidoModel(network, frozen.conditioner, frozen.first_stage, frozen.sampler, frozen.scale_factor)
         # Every rank runs the same forwards (FSDP2 gathers inside them): CFG 'auto' must choose one mode for all.
-        model.sampler.guider.agree = lambda fits: parallel.all_ranks_true(fits, self.device)
+        model.sampler.guider.set_agreement(lambda fits: parallel.all_ranks_true(fits, self.device))
         try:
             run(sample_args, model)
         finally:

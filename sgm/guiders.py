@@ -84,7 +84,7 @@ class VanillaCFG:
 
     def set_agreement(self, agree: Callable[[bool], bool] | None) -> None:
         """The collective that makes the `auto` choice one for all ranks running these forwards (None: local)."""
-        self.agree: Callable[[bool], bool] | None = None  # see set_agreement
+        self.agree = agree
 
     def _auto_mode(self, shapes: tuple, device: torch.device) -> tuple[bool, bool]:
         """(batch the two branches, measure this step) under batched='auto'."""

@@ -130,7 +130,7 @@ def test_cfg_auto_measures_each_input_shape_once_and_follows_the_group(model):
     guider = VanillaCFG(6.0, batched="auto")
     guider.memory = FakeMemory(2**30, 2**40)
     asked = []
-    guider.agree = lambda fits: (asked.append(fits), False)[1]  # another rank of the group is short of memory
+    guider.set_agreement(lambda fits: (asked.append(fits), False)[1])  # another rank of the group is short of memory
     calls, _ = guided_run(model, guider, steps=3)
     assert calls == [1, 1] * 3 and asked == [True]
     calls, _ = guided_run(model, guider, steps=2)  # same shapes: decided already
@@ -164,7 +164,7 @@ def _group_worker(rank: int, port: int, folder: str) -> None:
         guider = VanillaCFG(6.0, batched="auto")
         guider.memory = FakeMemory(2**30, 2**40 if rank == 0 else 2**30)  # only rank 0 has room for a batch of two
         group = dist.new_group([0, 1])
-        guider.agree = lambda fits: all_ranks_true(fits, CPU, group)
+        guider.set_agreement(lambda fits: all_ranks_true(fits, CPU, group))
         calls, _ = guided_run(model, guider, steps=3)
         Path(folder, f"{rank}.json").write_text(json.dumps({"calls": calls, "all_true": all_ranks_true(True, CPU)}))
     finally:
