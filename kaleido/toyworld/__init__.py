@@ -1,0 +1,8 @@
+"""A synthetic multi-subject video world for training and evaluating a tiny Kaleido (docs/toyworld.md).
+
+catalogue  subject identities (shape × colour × pattern) and the fixed train / held-out split
+render     antialiased drawing of one subject; reference images
+world      clip sampler: backgrounds, trajectories, occlusion, captions, per-frame ground truth
+writer     the official SFT dataset layout (videos/, labels/, references/) plus meta/<id>.json
+detector   finds the catalogue's subjects in decoded frames
+"""
