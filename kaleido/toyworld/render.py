@@ -140,7 +140,7 @@ def rotation_distance(a: float, b: float, period: float) -> float:
 
 
 REFERENCE_SCALE = (0.55, 0.75)  # of the reference's shorter side
-REFERENCE_LIGHTING = (0.85, 1.1)
+REFERENCE_LIGHTING = (0.8, 1.05)
 MIN_ROTATION_GAP = 20.0  # degrees between the reference's rotation and every rotation the clip shows
 MIN_LIGHTING_GAP = 0.08
 
@@ -154,7 +154,7 @@ def render_reference(
 ) -> Image.Image:
     """The subject alone, centred on white, as an RGB PIL image of `size` (H, W) (an int: square).
 
-    Pose from `seed`: scale 0.55-0.75 of the shorter side, any rotation, lighting 0.85-1.1. Given the clip's
+    Pose from `seed`: scale 0.55-0.75 of the shorter side, any rotation, lighting 0.8-1.05. Given the clip's
     rotations and lighting, the reference is drawn in a pose the clip never shows: its rotation is at least
     MIN_ROTATION_GAP degrees (modulo the outline's symmetry) from every rotation of the clip, when the clip leaves
     such a gap (else the rotation farthest from all of them), and its lighting at least MIN_LIGHTING_GAP away.
