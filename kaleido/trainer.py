@@ -11,6 +11,7 @@ the DiT (DeepSpeed or FSDP2, args.engine).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,13 +30,14 @@ import torch
 from kaleido.checkpoint import load_dit_into
 from kaleido.checkpointing import CheckpointManager
 from kaleido.data import SFTDataset
-from kaleido.model import KaleidoModel, init_missing_weights
+from kaleido.latent_cache import LatentCacheDataset, check_fingerprint
+from kaleido.model import MODEL_KEYS, RANDOM_WEIGHTS_WARNING, KaleidoModel, init_missing_weights
 from kaleido.parallelize import FSDPSettings, parallelize_dit
 from kaleido.training import REFERENCE_ENCODINGS, TrainingObjective, sample_loader
 from sat import parallel, training
 from sat.config import Config, ConfigError
 from sat.parallel import launched_world, resolve_device
-from sgm.util import parse_dtype
+from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_
 
 log = logging.getLogger("kaleido.train")
 
@@ -54,6 +56,9 @@ class TrainArgs:
 
     experiment_name: str = "kaleido-finetune"
     train_data: list[str] = field(default_factory=list)  # dataset folders (videos/, labels/, references/)
+    # A folder of scripts/cache_latents.py: train on its cached VAE latents and text features (no VAE or text
+    # encoder is built unless eval_interval > 0). train_data, if set, must be the folders the cache was made from.
+    latent_cache: str | None = None
     video_size: list[int] = field(default_factory=lambda: [480, 832])  # (H, W) pixels
     fps: int = 16
     num_frames: int = 81  # video frames per sample (4k + 1)
@@ -107,8 +112,8 @@ class TrainArgs:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {list(allowed)}, got {value!r}")
-        if not self.train_data:
-            raise ValueError("train_data: expected a list of dataset folders")
+        if not self.train_data and not self.latent_cache:
+            raise ValueError("train_data: expected a list of dataset folders (or args.latent_cache)")
         if (self.num_frames - 1) % 4:
             raise ValueError(f"num_frames: must be 4k + 1 (the VAE's temporal grouping), got {self.num_frames}")
         for key in ("train_iters", "save_interval", "log_interval", "max_nonfinite_steps"):
@@ -123,6 +128,32 @@ class TrainArgs:
             )
         if self.eval_interval and not self.eval_prompts:
             raise ValueError("eval_prompts: needed when eval_interval > 0")
+
+
+def build_dit(config: Config, args: TrainArgs) -> torch.nn.Module:
+    """The DiT of the `model:` section alone, with its weights (args.load) or, with args.allow_random_weights, the
+    seeded random ones KaleidoModel would get (kaleido.model.init_missing_weights: seed args.seed)."""
+    section = config.section("model")
+    for key in section:
+        if key not in MODEL_KEYS:
+            raise ConfigError(
+                f"{config.where(f'model.{key}')}: unknown key 'model.{key}' (expected {list(MODEL_KEYS)})"
+            )
+    if "network_config" not in section:
+        raise ConfigError(f"{config.where('model')}: 'model.network_config' is missing")
+    with torch.device("meta") if args.load else contextlib.nullcontext():
+        network = instantiate_from_config(section["network_config"], "model.network_config", config.where)
+    if args.load:
+        load_dit_into(network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    elif not args.allow_random_weights:
+        raise ConfigError(
+            f"{config.where('args')}: no weights for DiT: set args.load, or args.allow_random_weights=true for a "
+            "smoke test"
+        )
+    else:
+        seeded_random_init_(network, args.seed)
+        log.warning(RANDOM_WEIGHTS_WARNING, "DiT", args.seed)
+    return network
 
 
 class TrainingError(RuntimeError):
@@ -150,15 +181,19 @@ class Trainer:
             self.settings = training.OptimSettings.from_deepspeed_block(config.section("deepspeed"), self.world_size)
         except training.TrainingConfigError as err:
             raise ConfigError(f"{config.where('deepspeed')}: {err}") from None
-        self.dataset = SFTDataset(
-            args.train_data,
-            video_size=tuple(args.video_size),
-            fps=args.fps,
-            num_frames=args.num_frames,
-            skip_frames=args.skip_frames,
-            max_references=args.max_references,
-            frame_sampling=args.frame_sampling,
-        )
+        if args.latent_cache:  # before any model work: a cache made for other settings is one error now
+            self.dataset = LatentCacheDataset(args.latent_cache)
+            check_fingerprint(self.dataset, config, args, device=self.device)
+        else:
+            self.dataset = SFTDataset(
+                args.train_data,
+                video_size=tuple(args.video_size),
+                fps=args.fps,
+                num_frames=args.num_frames,
+                skip_frames=args.skip_frames,
+                max_references=args.max_references,
+                frame_sampling=args.frame_sampling,
+            )
         self.checkpoints = CheckpointManager(
             self.save,
             rank=self.rank,
@@ -188,17 +223,28 @@ class Trainer:
     # ---- setup
 
     def _build(self) -> None:
-        """The KaleidoModel (frozen text encoder and VAE, trainable DiT), the engine around the DiT, the loss."""
+        """The KaleidoModel (frozen text encoder and VAE, trainable DiT), the engine around the DiT, the loss.
+        Training from a latent cache without validation builds the DiT alone."""
         args = self.args
-        model = KaleidoModel.from_config(self.config.section("model"), self.config.where, meta_network=bool(args.load))
-        if args.load:
-            load_dit_into(model.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
-        init_missing_weights(model, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args"))
-        self.model = model
-        # Frozen: not in the optimizer, not sharded.
-        model.first_stage.requires_grad_(False).eval().to(self.device)
-        model.conditioner.requires_grad_(False).eval().to("cpu" if args.text_encoder_device == "cpu" else self.device)
-        network = model.network.train()
+        cached = args.latent_cache is not None
+        if cached and not args.eval_interval:
+            network, self.model = build_dit(self.config, args), None
+        else:
+            model = KaleidoModel.from_config(
+                self.config.section("model"), self.config.where, meta_network=bool(args.load)
+            )
+            if args.load:
+                load_dit_into(model.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
+            init_missing_weights(
+                model, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args")
+            )
+            self.model = model
+            # Frozen: not in the optimizer, not sharded.
+            model.first_stage.requires_grad_(False).eval().to(self.device)
+            text_device = "cpu" if args.text_encoder_device == "cpu" else self.device
+            model.conditioner.requires_grad_(False).eval().to(text_device)
+            network = model.network
+        network.train()
         fsdp = None
         if args.engine == "fsdp2":
             from torch.distributed.device_mesh import init_device_mesh
@@ -228,12 +274,14 @@ class Trainer:
                 sync_every_micro_step=args.fsdp2_sync_every_micro_step,
             )
         self.objective = TrainingObjective(
-            model.conditioner,
-            model.first_stage,
-            model.scale_factor,
+            None if cached else self.model.conditioner,
+            None if cached else self.model.first_stage,
+            float(self.config.section("model").get("scale_factor", 1.0)),
             args.text_dropout,
             args.reference_encoding,
             args.seed,
+            device=self.device,
+            empty_context=self.dataset.empty_context if cached else None,
         )
 
     # ---- validation

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from kaleido.data import SampleError, SFTDataset, collate
+from kaleido.latent_cache import LatentCacheDataset
+from kaleido.latent_cache import collate as collate_features
 from sgm.loss import RFLoss
 
 REFERENCE_ENCODINGS = ("separate", "stacked_first")
@@ -58,7 +60,7 @@ class PositionDataset(torch.utils.data.Dataset):
     dataset index (deterministically: the same replacement in every run); the replaced samples travel with the item
     as "skipped": [(sample id, reason), ...]."""
 
-    def __init__(self, dataset: SFTDataset, seed: int):
+    def __init__(self, dataset: SFTDataset | LatentCacheDataset, seed: int):
         self.dataset = dataset
         self.order = SampleOrder(len(dataset), seed)
 
@@ -93,16 +95,23 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 
 def collate_with_skips(items: list[dict]) -> dict:
-    """`kaleido.data.collate` plus "position" (list of ints) and "skipped" (list of (id, reason))."""
+    """`kaleido.data.collate` (or `kaleido.latent_cache.collate` for cached features) plus "position" (list of
+    ints) and "skipped" (list of (id, reason))."""
     return {
-        **collate(items),
+        **(collate_features(items) if "x0" in items[0] else collate(items)),
         "position": [item["position"] for item in items],
         "skipped": [skip for item in items for skip in item["skipped"]],
     }
 
 
 def sample_loader(
-    dataset: SFTDataset, seed: int, start: int, micro_batch: int, dp_rank: int, dp_size: int, num_workers: int
+    dataset: SFTDataset | LatentCacheDataset,
+    seed: int,
+    start: int,
+    micro_batch: int,
+    dp_rank: int,
+    dp_size: int,
+    num_workers: int,
 ) -> torch.utils.data.DataLoader:
     """Micro-batches in order (workers prefetch; the order stays the sampler's), resumable at any micro-step."""
     return torch.utils.data.DataLoader(
@@ -122,25 +131,36 @@ def caption_dropped(seed: int, position: int, rate: float) -> bool:
 class TrainingObjective:
     """Rectified-flow loss of a micro-batch with frozen text encoder and VAE (docs/design/training.md, 'Objective').
 
+    A batch holds either pixels (kaleido.data: "video", "text", "references") or the cached features of
+    kaleido.latent_cache ("x0", "context", "references"); `encode` turns either into the DiT inputs, the loss part
+    is the same. Every sample is encoded alone (`encode_sample`), so a sample's features do not depend on its
+    batch and the cache holds exactly what on-the-fly encoding computes.
+
     reference_encoding: 'separate' (each reference of each sample is its own 1-frame video, as at inference) or
     'stacked_first' (official TR1: sample 0's references encoded as one N-frame video, which keeps only the first
     reference, and reused for the whole batch).
+    conditioner, first_stage: None when training from cached features (then give `device`, and `empty_context`,
+    the (L, D) context of the empty caption that text dropout feeds the DiT).
     """
 
     def __init__(
         self,
-        conditioner: nn.Module,
-        first_stage: nn.Module,
+        conditioner: nn.Module | None,
+        first_stage: nn.Module | None,
         scale_factor: float = 1.0,
         text_dropout: float = 0.1,
         reference_encoding: str = "separate",
         seed: int = 0,
         loss: RFLoss | None = None,
+        device: torch.device | str | None = None,
+        empty_context: torch.Tensor | None = None,
     ):
         if reference_encoding not in REFERENCE_ENCODINGS:
             raise ValueError(
                 f"reference_encoding: expected one of {list(REFERENCE_ENCODINGS)}, got {reference_encoding!r}"
             )
+        if first_stage is None and device is None:
+            raise ValueError("device: needed when there is no VAE (training from cached features)")
         self.conditioner = conditioner
         self.first_stage = first_stage
         self.scale_factor = scale_factor
@@ -148,39 +168,85 @@ class TrainingObjective:
         self.reference_encoding = reference_encoding
         self.seed = seed
         self.loss = loss or RFLoss()
+        self._device = None if device is None else torch.device(device)
+        self._empty_context = empty_context
 
     @property
     def device(self) -> torch.device:
-        return next(self.first_stage.parameters()).device
+        return self._device or next(self.first_stage.parameters()).device
+
+    # ---- frozen encoders: one sample at a time
+
+    def _encoders(self) -> None:
+        if self.conditioner is None or self.first_stage is None:
+            raise RuntimeError("this objective has no text encoder or VAE: it takes batches of cached features")
 
     @torch.no_grad()
-    def encode(self, batch: dict, positions: list[int]) -> list[dict]:
-        """Frozen encoders: one group per distinct reference count, each
-        {'x0': (b, t, C, h, w) fp32, 'context': (b, L, D), 'references': (b, N, C, h, w) fp32, 'positions': [..]}."""
-        device = self.device
-        video = batch["video"].to(device)  # (B, T, 3, H, W)
-        x0 = self.first_stage.encode(video.transpose(1, 2)).transpose(1, 2) * self.scale_factor
-        texts = [
-            "" if caption_dropped(self.seed, p, self.text_dropout) else text
-            for p, text in zip(positions, batch["text"])
-        ]
-        context = self.conditioner(texts).to(device)  # the text encoder may live on the CPU
+    def encode_text(self, text: str) -> torch.Tensor:
+        """One caption -> context (L, D) in the text encoder's dtype, on `device`."""
+        self._encoders()
+        return self.conditioner([text])[0].to(self.device)  # the text encoder may live on the CPU
+
+    def empty_context(self) -> torch.Tensor:
+        """The context of the empty caption "" (L, D): what a dropped caption becomes. Encoded once."""
+        if self._empty_context is None:
+            self._empty_context = self.encode_text("")
+        return self._empty_context.to(self.device)
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) pixels in [-1, 1] -> x0 (t, C, h, w) fp32 latents, × scale_factor."""
+        self._encoders()
+        latents = self.first_stage.encode(video.to(self.device).transpose(0, 1)[None])  # (1, C, t, h, w)
+        return latents[0].transpose(0, 1) * self.scale_factor
+
+    @torch.no_grad()
+    def encode_references(self, references: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels -> 'separate': (N, C, h, w), each its own 1-frame video; 'stacked_first': (1, C, h, w),
+        the N images as one N-frame video (the causal VAE keeps the first). fp32, × scale_factor."""
+        self._encoders()
+        references = references.to(self.device)
         if self.reference_encoding == "stacked_first":
-            stacked = batch["references"][0].to(device).transpose(0, 1)[None]  # (1, 3, N, H, W): one video
-            refs = self.first_stage.encode(stacked).transpose(1, 2) * self.scale_factor
-            references = [refs[0]] * len(positions)
-        else:
-            references = [
-                self.first_stage.encode(r.to(device)[:, :, None])[:, :, 0] * self.scale_factor
-                for r in batch["references"]
-            ]  # (N, C, h, w) each
+            stacked = references.transpose(0, 1)[None]  # (1, 3, N, H, W): one video
+            return self.first_stage.encode(stacked).transpose(1, 2)[0] * self.scale_factor
+        return self.first_stage.encode(references[:, :, None])[:, :, 0] * self.scale_factor
+
+    def encode_sample(self, video: torch.Tensor, text: str, references: torch.Tensor) -> dict:
+        """The frozen features of one sample, what kaleido.latent_cache stores: {'x0': (t, C, h, w) fp32,
+        'context': (L, D) of the caption (no dropout), 'references': as `encode_references`}."""
+        return {
+            "x0": self.encode_video(video),
+            "context": self.encode_text(text),
+            "references": self.encode_references(references),
+        }
+
+    # ---- the micro-batch
+
+    def encode(self, batch: dict, positions: list[int]) -> list[dict]:
+        """Frozen features of a batch of pixels or cached features, with caption dropout: one group per distinct
+        reference count, each {'x0': (b, t, C, h, w) fp32, 'context': (b, L, D), 'references': (b, N, C, h, w) fp32,
+        'positions': [..]}."""
+        device, cached = self.device, "x0" in batch
+        x0, context, references = [], [], []
+        for i, position in enumerate(positions):
+            x0.append(batch["x0"][i].to(device) if cached else self.encode_video(batch["video"][i]))
+            if caption_dropped(self.seed, position, self.text_dropout):
+                context.append(self.empty_context())
+            else:
+                context.append(batch["context"][i].to(device) if cached else self.encode_text(batch["text"][i]))
+            if self.reference_encoding == "stacked_first" and i > 0:
+                references.append(references[0])  # sample 0's references for the whole batch (TR1)
+            elif cached:
+                references.append(batch["references"][i].to(device))
+            else:
+                references.append(self.encode_references(batch["references"][i]))
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(references):
             groups.setdefault(r.shape[0], []).append(i)
         return [
             {
-                "x0": x0[idx],
-                "context": context[idx],
+                "x0": torch.stack([x0[i] for i in idx]),
+                "context": torch.stack([context[i] for i in idx]),
                 "references": torch.stack([references[i] for i in idx]),
                 "positions": [positions[i] for i in idx],
             }
