@@ -19,12 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 REFERENCE_SEPARATOR = "@@"
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit (89,478,485 pixels)
 FOLDER_NAME_BYTES = 200  # a line folder's name, in UTF-8 bytes: its temporary form '.<name>.<random>.partial' fits 255
 OUTPUT_NAMING = ("text", "official")
+SHEET_FRAMES = 6  # frames of a video in its contact sheet (contact_sheet), first and last included
+SHEET_GAP = 4  # pixels of separator around and between the tiles of a contact sheet
+SHEET_SPLIT = 12  # pixels of separator between a contact sheet's reference column and its frames
+SHEET_SEPARATOR = (160, 160, 160)  # grey: the white letterbox padding of a reference stays visible against it
+SHEET_CAPTION_LINES = 4  # a longer caption is cut, ending in '...'
 
 
 class InputError(ValueError):
@@ -196,6 +201,125 @@ def video_to_uint8(video: torch.Tensor, rounding: str = "round") -> np.ndarray:
     elif rounding != "truncate":
         raise ValueError(f"uint8_rounding: expected 'round' or 'truncate', got {rounding!r}")
     return scaled.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def frame_indices(count: int, wanted: int = SHEET_FRAMES) -> list[int]:
+    """K = min(wanted, count) evenly spaced frame indices, the first and last included: round(j·(count − 1)/(K − 1))
+    for j = 0…K − 1, halves rounded up ([0] when K = 1)."""
+    k = min(wanted, count)
+    if k < 1:
+        raise ValueError(f"frame_indices: need at least one frame and one wanted, got count={count}, wanted={wanted}")
+    if k == 1:
+        return [0]
+    return [(2 * j * (count - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]
+
+
+def contact_sheet(
+    references: list[Image.Image], frames: np.ndarray, caption: str, count: int = SHEET_FRAMES
+) -> Image.Image:
+    """One video at a glance: its references as the model saw them, `count` of its frames, a caption.
+
+    references: the line's references as loaded (RGB, any size; none for text-to-video), each letterboxed here to
+    the frames' size exactly as the sampling job does (`letterbox(image, H, W)`). frames: (F, H, W, 3) uint8, the
+    video as written to the mp4. Returns an RGB image. Geometry, in pixels, with N references, the K =
+    min(count, F) frames `frame_indices(F, count)`, g = SHEET_GAP, s = SHEET_SPLIT:
+
+        reference i at (x, y) = (g, g + i·(H + g))               a column at the left, top to bottom
+        frame j     at (x, y) = (left + j·(W + g), g)            one row; left = g + W + s, or g when N = 0
+        width = left + K·(W + g); the tiles fill the rows y < g + max(N, 1)·(H + g)
+
+    Everything between and around the tiles is SHEET_SEPARATOR grey. Below the tiles, across the whole width, a
+    white strip holds `caption` in black (PIL's default font, about H/32 pixels high; word-wrapped, at most
+    SHEET_CAPTION_LINES lines; control characters dropped; with the bitmap font, characters outside Latin-1 as '?').
+    At 512×896 with 3 references the sheet is 6312 pixels wide.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(
+            f"contact_sheet: frames must be (F, H, W, 3) uint8 with F >= 1, got {frames.dtype} {frames.shape}"
+        )
+    height, width = frames.shape[1:3]
+    indices = frame_indices(len(frames), count)
+    gap, n = SHEET_GAP, len(references)
+    left = gap + width + SHEET_SPLIT if n else gap
+    sheet_w = left + len(indices) * (width + gap)
+    tiles_h = gap + max(n, 1) * (height + gap)
+    canvas = np.empty((tiles_h, sheet_w, 3), np.uint8)
+    canvas[:] = SHEET_SEPARATOR
+    for i, image in enumerate(references):
+        y = gap + i * (height + gap)
+        canvas[y : y + height, gap : gap + width] = np.asarray(letterbox(image.convert("RGB"), height, width))
+    for j, index in enumerate(indices):
+        x = left + j * (width + gap)
+        canvas[gap : gap + height, x : x + width] = frames[index]
+    font = _caption_font(height)
+    lines = _wrap(_printable(caption, font), font, sheet_w - 2 * gap)
+    line_h = _line_height(font)
+    sheet = Image.new("RGB", (sheet_w, tiles_h + len(lines) * line_h + 2 * gap), (255, 255, 255))
+    sheet.paste(Image.fromarray(canvas), (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for k, line in enumerate(lines):
+        draw.text((gap, tiles_h + gap + k * line_h), line, fill=(0, 0, 0), font=font)
+    return sheet
+
+
+def _caption_font(frame_height: int):
+    """PIL's default font (FreeType's bundled one when Pillow has FreeType, else the bitmap font): about 1/32 of a
+    frame high, at least 10 px."""
+    try:
+        return ImageFont.load_default(size=max(10, frame_height // 32))
+    except TypeError:  # Pillow < 10.1: the bitmap font, one size
+        return ImageFont.load_default()
+
+
+def _line_height(font) -> int:
+    top, bottom = font.getbbox("Ágjy|")[1::2]
+    return bottom + max(2, (bottom - top) // 4)
+
+
+def _printable(text: str, font) -> str:
+    text = " ".join("".join(c if unicodedata.category(c) != "Cc" else " " for c in text).split())
+    if not isinstance(font, ImageFont.FreeTypeFont):  # the bitmap font encodes latin-1 only
+        text = text.encode("latin-1", errors="replace").decode("latin-1")
+    return text
+
+
+def _wrap(text: str, font, limit: float) -> list[str]:
+    """Greedy word wrap to `limit` pixels (a word wider than a line is cut by characters), at most
+    SHEET_CAPTION_LINES lines, the last ending in '...' when text is left over."""
+    lines, line, words = [], "", text.split(" ")[::-1]
+    while words and len(lines) <= SHEET_CAPTION_LINES:
+        word = words.pop()
+        joined = f"{line} {word}" if line else word
+        if font.getlength(joined) <= limit:
+            line = joined
+            continue
+        if line:
+            lines.append(line)
+            line = ""
+            words.append(word)
+            continue
+        cut = _fit(word, font, limit)  # one word wider than the line: as many characters as fit
+        lines.append(word[:cut])
+        words.append(word[cut:])
+    if line:
+        lines.append(line)
+    if len(lines) > SHEET_CAPTION_LINES:
+        last = lines[SHEET_CAPTION_LINES - 1]
+        lines = lines[: SHEET_CAPTION_LINES - 1] + [last[: _fit(last, font, limit, tail="...", at_least=0)] + "..."]
+    return lines or [""]
+
+
+def _fit(text: str, font, limit: float, tail: str = "", at_least: int = 1) -> int:
+    """The longest c >= at_least with font.getlength(text[:c] + tail) <= limit (bisection)."""
+    low, high = at_least, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if font.getlength(text[:mid] + tail) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _umask() -> int:

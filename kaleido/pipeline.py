@@ -85,6 +85,7 @@ class SampleArgs:
     latents_bf16_before_decode: bool = False  # Q4
     uint8_rounding: str = "round"  # Q5: 'round' or 'truncate' (official)
     batch_output_naming: str = "numbered"  # Q9: output.mp4, output_1.mp4, ... or 'overwrite' (official)
+    preview: bool = True  # a contact sheet next to each video: output.mp4 -> preview.png (files.contact_sheet)
 
     def validate(self) -> None:
         size = self.sampling_image_size
@@ -103,6 +104,8 @@ class SampleArgs:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
         if self.max_references < 0:
             raise ValueError(f"max_references: must be >= 0, got {self.max_references}")
+        if not isinstance(self.preview, bool):
+            raise ValueError(f"preview: expected true or false, got {self.preview!r}")
         if self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels: must be >= 1, got {self.max_image_pixels}")
         choices = {
@@ -246,6 +249,11 @@ def output_names(args: SampleArgs) -> list[str]:
     if args.batch_output_naming == "overwrite":
         return ["output.mp4"] * args.batch_size  # official: every sample overwrites the same file; the last wins
     return ["output.mp4"] + [f"output_{b}.mp4" for b in range(1, args.batch_size)]
+
+
+def preview_name(video_name: str) -> str:
+    """The contact sheet of a video: output.mp4 -> preview.png, output_<b>.mp4 -> preview_<b>.png."""
+    return "preview" + video_name.removeprefix("output").removesuffix(".mp4") + ".png"
 
 
 def sharding_plan(args: SampleArgs, config: Config, sp_size: int) -> ShardPlan | None:
@@ -433,7 +441,7 @@ def sample_and_write_line(
         context = line_context(args, model, prompt, texts, state)
         latents = sample_line(args, model, prompt, context, texts.uncond, references, noise_table, shape, state, plan)
         if source:
-            write_outputs(args, model, tmp, folder, latents)
+            write_outputs(args, model, tmp, folder, latents, prompt, images)
     if not source:
         return None
     log.info("line %d: wrote %s (%.1f s)", prompt.number, folder, time.perf_counter() - started)
@@ -481,9 +489,18 @@ def write_inputs(folder: Path, prompt: files.PromptLine, images: list) -> None:
         files.write_png(folder / f"subject_{i}.png", image)
 
 
-def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, final: Path, latents: torch.Tensor) -> None:
-    """latent.safetensors (--save-latents), then the decoded videos (each read back before it counts), into the
-    line's temporary `folder`; messages name the `final` one."""
+def write_outputs(
+    args: SampleArgs,
+    model: KaleidoModel,
+    folder: Path,
+    final: Path,
+    latents: torch.Tensor,
+    prompt: files.PromptLine,
+    images: list,
+) -> None:
+    """latent.safetensors (--save-latents), then the decoded videos (each read back before it counts), each with its
+    contact sheet (args.preview: the loaded reference `images` and the video's uint8 frames, captioned with the line
+    number and prompt text), into the line's temporary `folder`; messages name the `final` one."""
     if args.save_latents:
         with files.atomic_path(folder / "latent.safetensors") as tmp:
             save_file({"latent": latents.cpu().contiguous()}, str(tmp))
@@ -493,3 +510,7 @@ def write_outputs(args: SampleArgs, model: KaleidoModel, folder: Path, final: Pa
     for b, name in enumerate(output_names(args)):
         frames = files.video_to_uint8(video[b], args.uint8_rounding)
         files.write_mp4(folder / name, frames, args.sampling_fps, name=final / name)
+        if args.preview:
+            sample = f", sample {b + 1} of {args.batch_size}" if args.batch_size > 1 else ""
+            caption = f"line {prompt.number}{sample}: {prompt.text}"
+            files.write_png(folder / preview_name(name), files.contact_sheet(images, frames, caption))

@@ -266,3 +266,69 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     files.write_text(tmp_path / "t.txt", "hello")
     assert (tmp_path / "t.txt").read_text() == "hello"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def expected_indices(count: int, wanted: int) -> list[int]:
+    """The documented frame choice, computed independently: round(j·(F − 1)/(K − 1)), halves up."""
+    k = min(wanted, count)
+    return [0] if k == 1 else [int(j * (count - 1) / (k - 1) + 0.5) for j in range(k)]
+
+
+def test_frame_indices_are_evenly_spaced_with_first_and_last():
+    assert files.frame_indices(17) == expected_indices(17, 6) == [0, 3, 6, 10, 13, 16]
+    assert files.frame_indices(81) == expected_indices(81, 6) == [0, 16, 32, 48, 64, 80]
+    assert files.frame_indices(3) == [0, 1, 2] and files.frame_indices(1) == [0] and files.frame_indices(9, 2) == [0, 8]
+    assert files.frame_indices(5, 4) == [0, 1, 3, 4]  # 4/3, 8/3: rounded; a tie (e.g. 1.5) would round up
+    with pytest.raises(ValueError):
+        files.frame_indices(0)
+
+
+@pytest.mark.parametrize("n_refs, n_frames", [(2, 17), (3, 5), (1, 1), (0, 9)])
+def test_contact_sheet_shows_the_letterboxed_references_and_the_chosen_frames(n_refs, n_frames):
+    """Pixel-exact, with the layout computed from contact_sheet's documented geometry."""
+    rng = np.random.default_rng(n_refs * 100 + n_frames)
+    height, width = 32, 48
+    sizes = [(30, 40), (50, 20), (48, 32)][:n_refs]  # taller, wider, and exactly the frame size
+    refs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    frames = rng.integers(0, 256, (n_frames, height, width, 3), dtype=np.uint8)
+    sheet = files.contact_sheet(refs, frames, "line 3: A ball and a leaf.")
+    assert sheet.mode == "RGB"
+    pixels = np.asarray(sheet)
+    g, s = files.SHEET_GAP, files.SHEET_SPLIT
+    chosen = expected_indices(n_frames, files.SHEET_FRAMES)
+    left = g + width + s if n_refs else g
+    tiles_h = g + max(n_refs, 1) * (height + g)
+    assert sheet.width == left + len(chosen) * (width + g) and sheet.height > tiles_h
+    drawn = np.zeros(pixels.shape[:2], bool)
+    for i, ref in enumerate(refs):
+        y = g + i * (height + g)
+        assert np.array_equal(pixels[y : y + height, g : g + width], np.asarray(files.letterbox(ref, height, width)))
+        drawn[y : y + height, g : g + width] = True
+    for j, index in enumerate(chosen):
+        x = left + j * (width + g)
+        assert np.array_equal(pixels[g : g + height, x : x + width], frames[index])
+        drawn[g : g + height, x : x + width] = True
+    # everything else above the caption is the separator grey; the caption strip is white with dark text
+    assert (pixels[:tiles_h][~drawn[:tiles_h]] == files.SHEET_SEPARATOR).all()
+    caption = pixels[tiles_h:]
+    assert (caption.min(-1) < 128).any() and (caption == 255).all(-1).mean() > 0.5
+
+
+def test_contact_sheet_captions_any_text():
+    """Control characters, non-Latin text and a very long prompt give a caption of at most SHEET_CAPTION_LINES."""
+    frames = np.zeros((5, 32, 48, 3), np.uint8)
+    short = files.contact_sheet([], frames, "line 1: a")
+    for caption in ("line 2: A\x00cat\x07 on\na mat", "line 3: 一只橘猫在阳光下 🐈", "word " * 2000, "x" * 5000, ""):
+        sheet = files.contact_sheet([], frames, caption)
+        assert sheet.width == short.width
+        assert sheet.height - 32 <= files.SHEET_CAPTION_LINES * (short.height - 32) + 1
+
+
+def test_contact_sheet_refuses_bad_frames():
+    for bad in (
+        np.zeros((5, 32, 48, 3), np.float32),
+        np.zeros((32, 48, 3), np.uint8),
+        np.zeros((0, 8, 8, 3), np.uint8),
+    ):
+        with pytest.raises(ValueError, match="frames must be"):
+            files.contact_sheet([], bad, "x")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -51,7 +52,12 @@ def folders(root):
     return sorted(p.name for p in (root / "out").iterdir())
 
 
-def test_outputs_layout(workdir):
+def test_outputs_layout(workdir, monkeypatch):
+    from kaleido import files
+
+    videos = []  # the uint8 frames of each video, in the order written
+    original = files.video_to_uint8
+    monkeypatch.setattr(files, "video_to_uint8", lambda *a, **k: videos.append(original(*a, **k)) or videos[-1])
     assert sample("--save-latents") == 0
     assert folders(workdir) == [
         "0_A_red_ball.",
@@ -62,6 +68,7 @@ def test_outputs_layout(workdir):
     assert sorted(p.name for p in line.iterdir()) == [
         "latent.safetensors",
         "output.mp4",
+        "preview.png",
         "subject_0.png",
         "subject_1.png",
         "text.txt",
@@ -72,6 +79,23 @@ def test_outputs_layout(workdir):
     assert video.shape == (5, 32, 48, 3) and video.dtype == "uint8"  # 4(T - 1) + 1 frames
     assert load_file(str(line / "latent.safetensors"))["latent"].shape == (1, 2, 16, 4, 6)
     assert not [p for p in (workdir / "out").rglob(".*")]  # no temporary files left
+    # preview.png: the references as the model saw them, then frames of the video (files.contact_sheet's geometry)
+    g, split, (height, width) = files.SHEET_GAP, files.SHEET_SPLIT, video.shape[1:3]
+    chosen = files.frame_indices(5)
+    for name, frames in zip(folders(workdir), videos, strict=True):
+        refs = sorted((workdir / "out" / name).glob("subject_*.png"))
+        sheet = np.asarray(Image.open(workdir / "out" / name / "preview.png").convert("RGB"))
+        left = g + width + split if refs else g  # the meadow line (text-to-video): frames only
+        assert sheet.shape[1] == left + len(chosen) * (width + g) and sheet.shape[0] > g + max(len(refs), 1) * (
+            height + g
+        )
+        for i, ref in enumerate(refs):
+            y = g + i * (height + g)
+            expected = files.letterbox(files.load_reference(ref), height, width)
+            assert np.array_equal(sheet[y : y + height, g : g + width], np.asarray(expected))
+        for j, index in enumerate(chosen):
+            x = left + j * (width + g)
+            assert np.array_equal(sheet[g : g + height, x : x + width], frames[index])
 
 
 def test_seed_rule_is_per_line(workdir):
@@ -119,8 +143,20 @@ def test_batch_outputs(workdir):
     assert sample("args.batch_size=2") == 0
     names = sorted(p.name for p in (workdir / "out/0_A_red_ball.").glob("*.mp4"))
     assert names == ["output.mp4", "output_1.mp4"]
+    assert sorted(p.name for p in (workdir / "out/0_A_red_ball.").glob("preview*")) == ["preview.png", "preview_1.png"]
     assert sample("args.batch_size=2", "args.batch_output_naming=overwrite", "args.output_dir=out2") == 0  # Q9
     assert sorted(p.name for p in (workdir / "out2/0_A_red_ball.").glob("*.mp4")) == ["output.mp4"]
+    assert sorted(p.name for p in (workdir / "out2/0_A_red_ball.").glob("preview*")) == ["preview.png"]
+
+
+def test_preview_false_writes_no_contact_sheet(workdir):
+    assert sample("args.preview=false") == 0
+    assert [len(list((workdir / "out" / name).glob("output.mp4"))) for name in folders(workdir)] == [1, 1, 1]
+    assert not list((workdir / "out").rglob("preview*"))
+    from kaleido.pipeline import SampleArgs
+
+    with pytest.raises(ValueError, match="preview: expected true or false, got 'yes'"):
+        SampleArgs(preview="yes").validate()  # built in Python (a script, a web page), not through the config
 
 
 def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
@@ -145,6 +181,7 @@ def test_prompt_sent_to_the_text_encoder(workdir, monkeypatch):
             "sampling_image_size: expected [height, width], positive multiples of 16",
         ),
         (["args.sampling_latent_frames=0"], "sampling_latent_frames: must be >= 1"),
+        (["args.preview=maybe"], "bad value for 'args.preview': Value 'maybe' is not a valid bool"),
         (["args.max_references=1"], "prompts.txt:3: 2 references, more than args.max_references = 1"),
         (["args.allow_zero_refs=false"], "prompts.txt:4: no reference images"),
         (["args.unknown_key=1"], "unknown key 'args.unknown_key'"),
@@ -214,6 +251,7 @@ def test_readme_demo_command(tmp_path):
     for path in outputs:
         assert iio.imread(path).shape == (17, 96, 160, 3)
     assert [len(list(p.parent.glob("subject_*.png"))) for p in outputs] == [1, 2, 3]
+    assert all((p.parent / "preview.png").is_file() for p in outputs)  # a contact sheet in every line folder
 
 
 def test_bf16_pipeline_tracks_fp32(workdir):
@@ -370,6 +408,7 @@ def test_interrupt_leaves_finished_lines_and_nothing_else(workdir, signum, code)
     assert folders(workdir) == ["0_A_red_ball."]  # sorted() would list hidden temporary folders first
     assert sorted(p.name for p in (workdir / "out/0_A_red_ball.").iterdir()) == [
         "output.mp4",
+        "preview.png",
         "subject_0.png",
         "text.txt",
     ]
