@@ -119,16 +119,19 @@ def _component_weights(key: str, node: dict, module: torch.nn.Module | None, arg
     and the state dict's hash; `module` is built here when needed and not given."""
     params = node.get("params") or {}
     identity = {}
-    if params.get("tokenizer_path"):
-        tokenizer = Path(params["tokenizer_path"])
-        files = sorted(p for p in tokenizer.iterdir() if p.is_file()) if tokenizer.is_dir() else [tokenizer]
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(f"{path.name}|".encode() + path.read_bytes())
-        identity["tokenizer_sha256"] = digest.hexdigest()
-    if params.get("weights_path"):
-        identity["weights"] = file_sha256(params["weights_path"], (known or {}).get("weights"))
-        return identity
+    try:
+        if params.get("tokenizer_path"):
+            tokenizer = Path(params["tokenizer_path"])
+            files = sorted(p for p in tokenizer.iterdir() if p.is_file()) if tokenizer.is_dir() else [tokenizer]
+            digest = hashlib.sha256()
+            for path in files:
+                digest.update(f"{path.name}|".encode() + path.read_bytes())
+            identity["tokenizer_sha256"] = digest.hexdigest()
+        if params.get("weights_path"):
+            identity["weights"] = file_sha256(params["weights_path"], (known or {}).get("weights"))
+            return identity
+    except OSError as err:
+        raise ConfigError(f"model.{key}.params: cannot read {err.filename} ({err.strerror})") from None
     if not args.allow_random_weights:
         raise ConfigError(
             f"model.{key}.params.weights_path: not set; set it, or args.allow_random_weights=true for a smoke test"
@@ -159,6 +162,9 @@ def fingerprint(config: Config, args, modules: dict | None = None, known: dict |
 
 
 def _flatten(value, prefix: str) -> dict:
+    """{"a.b": 1, "train_data.0.videos": 4, ...}; lists of mappings are flattened by index, other lists are values."""
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        value = {str(i): item for i, item in enumerate(value)}
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():

@@ -226,7 +226,7 @@ class Trainer:
         """The KaleidoModel (frozen text encoder and VAE, trainable DiT), the engine around the DiT, the loss.
         Training from a latent cache without validation builds the DiT alone."""
         args = self.args
-        cached = args.latent_cache is not None
+        cached = bool(args.latent_cache)
         if cached and not args.eval_interval:
             network, self.model = build_dit(self.config, args), None
         else:

@@ -120,15 +120,16 @@ def test_a_cache_of_another_vae_is_one_error(data, cache, tmp_path):
         assert expected in str(err.value) and "\n" not in str(err.value)
     other = write_tiny_dataset(tmp_path / "other", samples=[{"refs": 1}])
     config, args = run_config(other)
-    with pytest.raises(LatentCacheError, match="made with other data folders: train_data"):
+    with pytest.raises(LatentCacheError, match="made with other data folders: train_data.0.folder ") as err:
         check_fingerprint(LatentCacheDataset(cache), config, args)
+    assert "train_data.0.videos 2 (cache) vs 1 (run)" in str(err.value)
     config, args = run_config(
         data, "args.train_data=[]", f"args.latent_cache={cache}"
     )  # the cache alone: no data check
     check_fingerprint(LatentCacheDataset(cache), config, args)
 
 
-def test_a_corrupt_cache_is_one_error_naming_the_file(cache, tmp_path):
+def test_a_corrupt_cache_is_one_error_naming_the_file(data, cache, tmp_path):
     def damaged(name, damage):
         copy = tmp_path / name
         shutil.copytree(cache, copy)
@@ -146,6 +147,9 @@ def test_a_corrupt_cache_is_one_error_naming_the_file(cache, tmp_path):
         message.startswith(f"{copy / 'samples/0000001.safetensors'}: corrupt latent cache file")
         and "truncated" in message
     )
+    result = train(tmp_path / "run", data, *SMALL, f"args.latent_cache={copy}", check=False)  # through the trainer
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert error_lines(result.stderr) == [f"error: {message}"] and not (tmp_path / "run").exists()
     message, copy = damaged("missing", lambda c: (c / "samples/0000000.safetensors").unlink())
     assert message.startswith(f"{copy / 'samples/0000000.safetensors'}: missing from the latent cache")
     message, copy = damaged("json", lambda c: (c / MANIFEST).write_text('{"format": "kaleido-latent-cache", "vers'))
