@@ -82,6 +82,7 @@ def test_captions_never_name_the_identity():
         said = set(re.findall(r"[a-z]+", clip.caption.lower()))
         assert not said & words, (clip.caption, said & words)
         assert len(clip.subjects) == len({s.identity.colour for s in clip.subjects})
+        assert not re.search(r"\bA [aeiou]", clip.caption), clip.caption  # "An object", not "A object"
 
 
 def test_splits_use_their_identities(train_set, tmp_path):

@@ -16,7 +16,7 @@ horizontal gradients, a soft mottled texture, a two-tone wall over a floor, or a
 Caption grammar (never a shape, colour or pattern word: the identity reaches the model only through the
 references, whose order is the order of the subjects here and in the caption):
 
-    one subject:   "A <noun> <motion> <scene>; <camera>."
+    one subject:   "A(n) <noun> <motion> <scene>; <camera>."
     n subjects:    "<Two|Three> <nouns> move <scene>: the first <motion>; the second <motion>[; the third
                     <motion>][; the <k-th> passes in front of the <j-th>]; <camera>."
     motion:        linear "glides to the left" / "glides upward" / "glides down and to the right", bouncing
@@ -355,7 +355,8 @@ def caption(clip: Clip, noun: str, occlusions: tuple[tuple[int, int], ...]) -> s
     scene = scene_phrase(clip.background)
     camera = "the camera stays still"
     if len(clip.subjects) == 1:
-        return f"A {noun} {clip.subjects[0].motion} {scene}; {camera}."
+        article = "An" if noun[0] in "aeiou" else "A"
+        return f"{article} {noun} {clip.subjects[0].motion} {scene}; {camera}."
     listed = "; ".join(f"the {ORDINALS[k]} {s.motion}" for k, s in enumerate(clip.subjects))
     text = f"{COUNTS[len(clip.subjects)]} {noun}s move {scene}: {listed}"
     for front, back in occlusions:
