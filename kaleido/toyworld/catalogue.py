@@ -38,7 +38,7 @@ COLOURS = {
     "purple": (150, 40, 205),
 }
 PATTERNS = ("plain", "stripes", "dots", "checker")
-SHADE = 0.6  # the pattern's colour: SHADE × the subject's colour (same hue, darker)
+SHADE = 0.5  # the pattern's colour: SHADE × the subject's colour (same hue, darker)
 HELD_OUT_MODULUS = 4
 CIRCLE_RADIUS = 0.92  # in units of the outline circle
 

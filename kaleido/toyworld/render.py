@@ -27,10 +27,10 @@ from PIL import Image
 from kaleido.toyworld.catalogue import CIRCLE_RADIUS, SHADE, SYMMETRY, Identity, outline
 
 SUPERSAMPLE = 4
-STRIPE = 0.7
-DOT_SPACING = 0.6
-DOT_RADIUS = 0.16
-CHECKER = 0.45
+STRIPE = 0.8
+DOT_SPACING = 0.75
+DOT_RADIUS = 0.2
+CHECKER = 0.5
 
 
 @dataclass(frozen=True)

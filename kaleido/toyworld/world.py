@@ -47,6 +47,8 @@ LIGHTING = (0.8, 1.05)
 SPIN_PROBABILITY = 0.5
 SPIN_SPEED = (4.0, 12.0)  # degrees per frame
 SCALE_CHANGE = 0.15  # a relative size change from this on is said in the caption ("grows larger")
+SCALE = (0.36, 0.46)  # default subject size (diameter of the outline's circle) as a fraction of the height
+EDGE_MARGIN = 0.85  # a subject's centre stays this many radii from every edge (little is ever cut off)
 COVERED_FOR_CAPTION = 0.15  # "passes in front of" when a subject covers this fraction of another in some frame
 
 
@@ -61,7 +63,7 @@ class WorldConfig:
     fps: int = 16
     subjects: tuple[int, int] = (1, 3)
     trajectories: tuple[str, ...] = TRAJECTORIES
-    scale: tuple[float, float] = (0.25, 0.35)
+    scale: tuple[float, float] = SCALE
     reference_size: tuple[int, int] = (96, 96)
 
     def __post_init__(self) -> None:
@@ -194,8 +196,8 @@ def _sample_subject(config: WorldConfig, identity: Identity, depth: int, rng: np
     scale0, scale1 = rng.uniform(*config.scale, size=2)
     scales = scale0 + (scale1 - scale0) * t / (frames - 1)
     radius = max(scale0, scale1) * height / 2
-    # Keep most of the subject inside the frame: its centre stays at least 0.7 radius from every edge.
-    margin = 0.7 * radius
+    # Keep nearly all of the subject inside the frame: its centre stays EDGE_MARGIN radii from every edge.
+    margin = EDGE_MARGIN * radius
     lo = np.array([margin, margin])
     hi = np.array([width - margin, height - margin])
     if kind == "linear":
