@@ -1,11 +1,12 @@
 """Measure the toy-world detector (kaleido/toyworld/detector.py) on held-out clips decoded from H.264 mp4.
 
-    python scripts/validate_detector.py [--clips 200] [--seed 123] [--raw]
+    python scripts/validate_detector.py [--clips 200] [--seed 123] [--raw] [--no-track]
 
 Draws `--clips` clips of held-out identities (kaleido.toyworld.world, default config), writes each as mp4 the
 way the dataset writer does, decodes it, detects every frame with the whole catalogue and scores against the
 ground truth (detector.Score: present = visible fraction ≥ 0.5; true positive = right identity, centre in the
-visible box). Prints precision, recall, counts and the most frequent confusions. `--raw` skips the mp4 round trip.
+visible box). Prints precision, recall, counts and the most frequent confusions. `--raw` skips the mp4 round trip;
+`--no-track` detects every frame on its own (Detector.detect(track=False)).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kaleido.toyworld.world import WorldConfig, render_clip, sample_clip  # noqa
 from kaleido.toyworld.writer import clip_meta, clip_seed, read_video, write_video  # noqa: E402
 
 
-def validate(clips: int, seed: int, raw: bool = False) -> Score:
+def validate(clips: int, seed: int, raw: bool = False, track: bool = True) -> Score:
     detector, score, config = Detector(), Score(), WorldConfig()
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "clip.mp4"
@@ -36,7 +37,7 @@ def validate(clips: int, seed: int, raw: bool = False) -> Score:
             if not raw:
                 write_video(video, frames, config.fps)
                 frames = read_video(video)
-            score.add(detector.detect(frames), clip_meta(clip, truth, f"{i:06d}", "eval"))
+            score.add(detector.detect(frames, track=track), clip_meta(clip, truth, f"{i:06d}", "eval"))
     return score
 
 
@@ -45,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--raw", action="store_true", help="detect on the rendered frames, without H.264")
+    parser.add_argument("--no-track", action="store_true", help="no tracking of hidden subjects across frames")
     args = parser.parse_args(argv)
     if args.clips < 1:
         print(f"error: --clips: expected >= 1, got {args.clips}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    score = validate(args.clips, args.seed, args.raw)
-    print(f"{args.clips} held-out clips, {score.frames} frames ({'rendered' if args.raw else 'decoded from mp4'})")
+    score = validate(args.clips, args.seed, args.raw, not args.no_track)
+    print(
+        f"{args.clips} held-out clips, {score.frames} frames ({'rendered' if args.raw else 'decoded from mp4'}"
+        f"{', no tracking' if args.no_track else ''})"
+    )
     print(f"precision {score.precision:.4f}  recall {score.recall:.4f}")
     print(f"true positives {score.true_positives}, false positives {score.false_positives}, misses {score.misses}")
     print(f"time {time.perf_counter() - started:.1f} s")

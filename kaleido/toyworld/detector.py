@@ -56,6 +56,10 @@ OCCLUDED_SHIFT = (0.1, 0.2, 0.3, 0.42)  # centre shifts towards the hidden side,
 # about half of it or more is hidden). Set from 60 held-out clips of seed 555 (not the validation seed).
 HIDDEN_MIN_SCORE = 0.7
 HIDDEN_MIN_MARGIN = 0.02
+# Tracking (Detector.detect): the clip's shape for a colour needs this many clear frames and, in a hidden frame, a
+# soft IoU within TRACK_SLACK of that frame's best shape.
+TRACK_MIN_FRAMES = 3
+TRACK_SLACK = 0.05
 TEMPLATE_SIZE = 33  # pixels of the normalised grid; the outline's radius is TEMPLATE_RADIUS
 TEMPLATE_RADIUS = 13.0
 # Thresholds set from 422 subjects of 25 held-out clips decoded from mp4 (docs/toyworld.md, 'Detector').
@@ -360,14 +364,61 @@ class Detector:
         self.by_attributes = {(i.shape, i.colour, i.pattern): i for i in catalogue}
         templates()  # build once up front
 
-    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
-        """(F, H, W, 3) uint8 -> per frame, the detections (at most one per colour)."""
+    def detect(self, frames: np.ndarray, track: bool = True) -> list[list[Detection]]:
+        """(F, H, W, 3) uint8 -> per frame, the detections (at most one per colour).
+
+        With `track` (the default), a colour whose region is partly hidden and ambiguous in a frame (see
+        detect_frame) takes the shape that the clip's clear frames agree on for that colour, when that shape
+        fits this frame well too (soft IoU ≥ HIDDEN_MIN_SCORE, within TRACK_SLACK of the best shape, not the
+        largest growth); its pattern is still read in this frame. A clip shows one subject per colour (the
+        world's rule), so this is tracking, not a guess: the frame's own pixels must support the shape."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames: expected (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-        return [self.detect_frame(frame) for frame in frames]
+        analysed = [self._analyse(frame) for frame in frames]
+        votes: dict[str, dict[str, int]] = {}
+        for candidates in analysed:
+            for c in candidates:
+                if c["clear"]:
+                    votes.setdefault(c["colour"], {}).setdefault(c["shape"], 0)
+                    votes[c["colour"]][c["shape"]] += 1
+        result = []
+        for candidates in analysed:
+            found = []
+            for c in candidates:
+                if not c["clear"] and track and c["colour"] in votes:
+                    tally = votes[c["colour"]]
+                    shape = max(tally, key=tally.get)
+                    rotation, score, growth = c["fits"][shape]
+                    best = max(fit[1] for fit in c["fits"].values())
+                    if (
+                        tally[shape] >= TRACK_MIN_FRAMES
+                        and score >= HIDDEN_MIN_SCORE
+                        and score >= best - TRACK_SLACK
+                        and growth < OCCLUDED_GROWTH[-1]
+                    ):
+                        c = dict(c, shape=shape, rotation=rotation, score=score, clear=True)
+                detection = self._identify(c) if c["clear"] else None
+                if detection is not None:
+                    found.append(detection)
+            result.append(found)
+        return result
 
     def detect_frame(self, frame: np.ndarray) -> list[Detection]:
+        """The detections in one (H, W, 3) uint8 frame, on its own (no tracking)."""
+        return [d for c in self._analyse(frame) if c["clear"] for d in [self._identify(c)] if d is not None]
+
+    def _identify(self, c: dict) -> Detection | None:
+        identity = self.by_attributes.get(
+            (c["shape"], c["colour"], classify_pattern(c["value"], c["region"], c["shape"]))
+        )
+        if identity is None:
+            return None
+        return Detection(identity, c["centre"], c["box"], c["area"], c["score"], c["rotation"])
+
+    def _analyse(self, frame: np.ndarray) -> list[dict]:
+        """Per subject region of the frame: its colour, shape fits and best shape, and whether it is clear (a
+        region that may be partly hidden is clear only when its fit is good and unambiguous)."""
         height, width = frame.shape[:2]
         labels = colour_labels(frame)
         value = frame.max(-1).astype(np.float32)
@@ -384,7 +435,7 @@ class Detector:
                 # The pattern's dark shade can fall below MIN_VALUE after compression: fill those holes.
                 regions[colour] = fill_holes(np.isin(parts, keep))
         subjects = labels > 0
-        found = []
+        candidates = []
         for colour, region in regions.items():
             area = int(region.sum())
             ys, xs = np.nonzero(region)
@@ -394,19 +445,27 @@ class Detector:
             fits, hidden = fit_shapes(region, subjects & ~region)
             ranked = sorted(fits, key=lambda s: -fits[s][1])
             shape, (rotation, score, growth) = ranked[0], fits[ranked[0]]
+            if score < MIN_SHAPE_SCORE and not hidden:
+                continue
             margin = score - fits[ranked[1]][1]
-            if hidden and (score < HIDDEN_MIN_SCORE or margin < HIDDEN_MIN_MARGIN or growth >= OCCLUDED_GROWTH[-1]):
-                continue  # partly hidden and ambiguous, or most of it seems hidden: say nothing
-            if score < MIN_SHAPE_SCORE:
-                continue
-            pattern = classify_pattern(value, region, shape)
-            identity = self.by_attributes.get((shape, colour, pattern))
-            if identity is None:
-                continue
-            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            centre = (float(xs.mean() + 0.5), float(ys.mean() + 0.5))
-            found.append(Detection(identity, centre, box, area, score, rotation))
-        return found
+            # Partly hidden and ambiguous, or most of it seems hidden: not clear (detect may still track it).
+            ambiguous = score < HIDDEN_MIN_SCORE or margin < HIDDEN_MIN_MARGIN or growth >= OCCLUDED_GROWTH[-1]
+            candidates.append(
+                {
+                    "colour": colour,
+                    "region": region,
+                    "value": value,
+                    "fits": fits,
+                    "shape": shape,
+                    "rotation": rotation,
+                    "score": score,
+                    "clear": not (hidden and ambiguous),
+                    "area": area,
+                    "box": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                    "centre": (float(xs.mean() + 0.5), float(ys.mean() + 0.5)),
+                }
+            )
+        return candidates
 
 
 # ------------------------------------------------------------------------------------------------------------
