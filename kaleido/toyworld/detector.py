@@ -15,12 +15,19 @@ backgrounds are greyish, and one frame shows at most one subject of each colour.
    than MAX_AREA_FRACTION of the frame, or one touching three frame edges, is a background, not a subject.
 3. Shape: the region is normalised (centred on its centroid, scaled so that its area matches each shape's area)
    and compared with that shape's outline rendered at every ROTATION_STEP degrees (soft intersection over union);
-   the best shape and rotation win. Pixels of other subjects and outside the frame count as unknown, not as
-   background, so a partly covered or cut subject still matches. A best score below MIN_SHAPE_SCORE: no subject.
+   the best shape and rotation win. Pixels of other subjects (dilated by one pixel) and outside the frame count
+   as unknown, not as background. A region next to unknown pixels may be partly hidden: it is also fitted with
+   outlines OCCLUDED_GROWTH times larger whose centre is shifted OCCLUDED_SHIFT radii towards the unknown pixels.
+   Such a region is reported only when the fit is clear (HIDDEN_MIN_SCORE, HIDDEN_MIN_MARGIN over the second
+   shape, not the largest growth); a best score below MIN_SHAPE_SCORE: no subject.
 4. Pattern, from the brightness inside the region (eroded by 1 pixel, relative to its 90th percentile): plain
    when few pixels are dark; else stripes when the brightness gradients share one orientation (structure-tensor
-   coherence ≥ STRIPE_COHERENCE); else dots or checker by the fraction of dark pixels (dots cover ~22 %,
-   checker 50 %).
+   coherence ≥ STRIPE_COHERENCE); else dots or checker by the fraction of dark pixels, split per shape between
+   the fractions the two patterns cover on that outline (`pattern_fraction`: dots 18 % of a square, 30 % of a
+   cross; checker 50 %).
+5. Tracking (`detect`, on by default): a hidden region that is not clear in a frame takes the shape that the
+   clip's clear frames agree on for its colour (one subject per colour per clip) if that shape fits this frame
+   nearly as well as the best one; `detect(frames, track=False)` and `detect_frame` judge each frame alone.
 """
 
 from __future__ import annotations
