@@ -426,15 +426,7 @@ def write_cache(config: Config, args, out: str | Path, device: torch.device, ove
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    dataset = SFTDataset(
-        args.train_data,
-        video_size=tuple(args.video_size),
-        fps=args.fps,
-        num_frames=args.num_frames,
-        skip_frames=args.skip_frames,
-        max_references=args.max_references,
-        frame_sampling=args.frame_sampling,
-    )
+    dataset = SFTDataset(args.train_data, **args.dataset_settings())
     modules = build_encoders(config, args)
     modules["first_stage_config"].to(device)
     modules["conditioner_config"].to("cpu" if args.text_encoder_device == "cpu" else device)

@@ -100,6 +100,17 @@ class TrainArgs:
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     device: str = "auto"
 
+    def dataset_settings(self) -> dict:
+        """How samples are read from args.train_data (SFTDataset's keyword arguments)."""
+        return {
+            "video_size": tuple(self.video_size),
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "skip_frames": self.skip_frames,
+            "max_references": self.max_references,
+            "frame_sampling": self.frame_sampling,
+        }
+
     def validate(self) -> None:
         checks = {
             "engine": (self.engine, training.ENGINES),
@@ -185,15 +196,7 @@ class Trainer:
             self.dataset = LatentCacheDataset(args.latent_cache)
             check_fingerprint(self.dataset, config, args, device=self.device)
         else:
-            self.dataset = SFTDataset(
-                args.train_data,
-                video_size=tuple(args.video_size),
-                fps=args.fps,
-                num_frames=args.num_frames,
-                skip_frames=args.skip_frames,
-                max_references=args.max_references,
-                frame_sampling=args.frame_sampling,
-            )
+            self.dataset = SFTDataset(args.train_data, **args.dataset_settings())
         self.checkpoints = CheckpointManager(
             self.save,
             rank=self.rank,
