@@ -31,7 +31,7 @@ from kaleido.checkpoint import load_dit_into
 from kaleido.checkpointing import CheckpointManager
 from kaleido.data import SFTDataset
 from kaleido.latent_cache import LatentCacheDataset, check_fingerprint
-from kaleido.model import MODEL_KEYS, RANDOM_WEIGHTS_WARNING, KaleidoModel, init_missing_weights
+from kaleido.model import MODEL_KEYS, RANDOM_WEIGHTS_WARNING, KaleidoModel, load_model
 from kaleido.parallelize import FSDPSettings, parallelize_dit
 from kaleido.training import REFERENCE_ENCODINGS, TrainingObjective, sample_loader
 from sat import parallel, training
@@ -233,13 +233,13 @@ class Trainer:
         if cached and not args.eval_interval:
             network, self.model = build_dit(self.config, args), None
         else:
-            model = KaleidoModel.from_config(
-                self.config.section("model"), self.config.where, meta_network=bool(args.load)
-            )
-            if args.load:
-                load_dit_into(model.network, args.load, allow_unsafe_pickle=args.allow_unsafe_pickle)
-            init_missing_weights(
-                model, bool(args.load), args.allow_random_weights, args.seed, self.config.where("args")
+            model = load_model(
+                self.config.section("model"),
+                self.config.where,
+                checkpoint=args.load,
+                allow_unsafe_pickle=args.allow_unsafe_pickle,
+                allow_random_weights=args.allow_random_weights,
+                random_weights_seed=args.seed,
             )
             self.model = model
             # Frozen: not in the optimizer, not sharded.
