@@ -419,6 +419,9 @@ class WanVAE(nn.Module):
         norm_constants: values of the latent mean/std: 'bfloat16' = the bf16-rounded values Kaleido uses
             (inv_std = bf16(1/std_bf16)), 'float32' = the exact values (Wan2.1).
         norm_math: arithmetic of the latent affine: 'float32', or 'bfloat16' (official quirk Q3).
+        latent_mean, latent_std: per-channel statistics (z_dim values each) of the raw latents on the data the VAE
+            was trained on; None = Wan2.1's (z_dim 16 only). A VAE trained here (scripts/train_vae.py) measures
+            its own and stores them in its config.
         frames_not_4k1: encoding T != 4k+1 frames: 'error', or 'drop' the trailing frames (official quirk Q8).
         weights_path: optional `Wan2.1_VAE.pth`-format file (.pth/.pt/.safetensors), loaded strictly without a
             random initialisation first.
@@ -438,9 +441,22 @@ class WanVAE(nn.Module):
         norm_constants: str | torch.dtype = "bfloat16",
         norm_math: str | torch.dtype = "float32",
         frames_not_4k1: str = "error",
+        latent_mean: Sequence[float] | None = None,
+        latent_std: Sequence[float] | None = None,
         weights_path: str | Path | None = None,
     ):
         super().__init__()
+        if (latent_mean is None) != (latent_std is None):
+            raise ValueError("latent_mean and latent_std: give both (the VAE's own statistics) or neither (Wan2.1's)")
+        if latent_mean is not None:
+            for name, values in (("latent_mean", latent_mean), ("latent_std", latent_std)):
+                if len(values) != z_dim:
+                    raise ValueError(f"{name}: expected z_dim = {z_dim} values, got {len(values)}")
+            if min(latent_std) <= 0:
+                raise ValueError(f"latent_std: expected positive values, got {list(latent_std)}")
+        self.latent_statistics = (
+            None if latent_mean is None else (tuple(map(float, latent_mean)), tuple(map(float, latent_std)))
+        )
         if len(temporal_downsample) != len(dim_mult) - 1:
             raise ValueError(
                 f"temporal_downsample needs len(dim_mult) - 1 = {len(dim_mult) - 1} entries, "
@@ -490,10 +506,14 @@ class WanVAE(nn.Module):
 
     def latent_constants(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, inv_std), each (z_dim,) in the `norm_constants` dtype; inv_std = 1/std computed in that dtype."""
+        if self.latent_statistics is not None:
+            mean_values, std_values = self.latent_statistics
+            mean = torch.tensor(mean_values, dtype=self.norm_constants, device=device)
+            return mean, torch.tensor(std_values, dtype=self.norm_constants, device=device).reciprocal()
         if self.z_dim != len(WAN_LATENT_MEAN):
             raise ValueError(
                 f"the Wan latent mean/std exist for z_dim={len(WAN_LATENT_MEAN)} only, this VAE has "
-                f"z_dim={self.z_dim}; use encode(..., normalize=False) / decode(..., normalized=False)"
+                f"z_dim={self.z_dim}; give latent_mean and latent_std, or use encode(..., normalize=False)"
             )
         mean = torch.tensor(WAN_LATENT_MEAN, dtype=self.norm_constants, device=device)
         inv_std = torch.tensor(WAN_LATENT_STD, dtype=self.norm_constants, device=device).reciprocal()
@@ -537,11 +557,9 @@ class WanVAE(nn.Module):
             video = video[:, :, : 1 + k * ((t - 1) // k)]  # official behaviour: drop the trailing frames
         return video
 
-    def encode(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, 3, T, H, W) pixels in [-1, 1] -> (B, z_dim, 1 + (T-1)//4, H/8, W/8) float32 latents.
-
-        Returns the posterior mean (no sampling), normalised with the latent mean/std unless `normalize=False`.
-        """
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) pixels in [-1, 1] -> raw posterior (mean, log variance), each (B, z_dim, 1 + (T-1)//4,
+        H/8, W/8) in the encoder dtype, differentiable (VAE training samples mean + exp(log_var / 2) * noise)."""
         video = self._check_video(video)
         k = self.temporal_factor
         cache: FeatureCache = {}
@@ -550,7 +568,15 @@ class WanVAE(nn.Module):
             video[:, :, 1 + k * i : 1 + k * (i + 1)] for i in range((video.shape[2] - 1) // k)
         ]
         out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
-        mu = self.conv1(out)[:, : self.z_dim]
+        mu, log_var = self.conv1(out).chunk(2, dim=1)
+        return mu, log_var
+
+    def encode(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, T, H, W) pixels in [-1, 1] -> (B, z_dim, 1 + (T-1)//4, H/8, W/8) float32 latents.
+
+        Returns the posterior mean (no sampling), normalised with the latent mean/std unless `normalize=False`.
+        """
+        mu, _ = self.posterior(video)
         return self.normalize_latents(mu) if normalize else mu.float()
 
     def decode(self, latents: torch.Tensor, normalized: bool = True) -> torch.Tensor:
@@ -563,18 +589,13 @@ class WanVAE(nn.Module):
         if latents.shape[2] < 1:
             raise ValueError(f"expected at least 1 latent frame, got shape {tuple(latents.shape)}")
         z = self.denormalize_latents(latents) if normalized else latents
+        return self.decode_raw(z).clamp_(-1.0, 1.0)
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw posterior-space latents (B, z_dim, T, h, w) -> unclamped float32 pixels (B, 3, 1 + 4(T-1), 8h, 8w);
+        differentiable (VAE training)."""
         x = self.conv2(z)
         cache: FeatureCache = {}
-        out = None
-        start = 0
-        # One latent frame at a time; each chunk's frames are written into one preallocated fp32 output.
-        for i in range(x.shape[2]):
-            frames = self.decoder(x[:, :, i : i + 1], cache)
-            if out is None:
-                b, c, _, h, w = frames.shape
-                total = 1 + self.temporal_factor * (x.shape[2] - 1)
-                out = frames.new_empty((b, c, total, h, w), dtype=torch.float32)
-            out[:, :, start : start + frames.shape[2]] = frames
-            start += frames.shape[2]
-        assert start == out.shape[2], f"decoder produced {start} frames, expected {out.shape[2]}"
-        return out.clamp_(-1.0, 1.0)
+        # One latent frame at a time (the cache carries the causal context).
+        frames = [self.decoder(x[:, :, i : i + 1], cache).float() for i in range(x.shape[2])]
+        return torch.cat(frames, dim=2)

@@ -495,3 +495,36 @@ def test_constructor_rejects_bad_options():
         small.encode(_video(1))
     with torch.no_grad():
         assert small.encode(_video(1), normalize=False).shape == (1, 4, 1, 2, 2)
+
+
+def test_own_latent_statistics_normalise_and_are_checked(tiny_state_dict):
+    mean, std = [0.5, -1.0, 0.0, 2.0], [2.0, 0.5, 1.0, 4.0]
+    vae = WanVAE(dim=8, z_dim=4, dtype="float32", norm_constants="float32", latent_mean=mean, latent_std=std)
+    video = _video(1)
+    with torch.no_grad():
+        raw = vae.encode(video, normalize=False)
+        z = vae.encode(video)
+    expected = (raw - torch.tensor(mean).view(1, -1, 1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(z, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(vae.denormalize_latents(z), raw, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="give both"):
+        WanVAE(dim=8, z_dim=4, latent_mean=mean)
+    with pytest.raises(ValueError, match="latent_std: expected z_dim = 4 values, got 3"):
+        WanVAE(dim=8, z_dim=4, latent_mean=mean, latent_std=std[:3])
+    with pytest.raises(ValueError, match="positive"):
+        WanVAE(dim=8, z_dim=4, latent_mean=mean, latent_std=[1.0, 0.0, 1.0, 1.0])
+
+
+def test_posterior_and_unclamped_decode_are_the_inference_path_with_gradients(tiny):
+    video = _video(5)
+    with torch.no_grad():
+        mu, log_var = tiny.posterior(video)
+        assert torch.equal(mu, tiny.encode(video, normalize=False))
+        assert log_var.shape == mu.shape
+        assert torch.equal(tiny.decode_raw(mu).clamp(-1, 1), tiny.decode(mu, normalized=False))
+    pixels = video.clone().requires_grad_(True)
+    mu, _ = tiny.posterior(pixels)
+    tiny.decode_raw(mu).square().mean().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in tiny.decoder.parameters())
+    tiny.zero_grad(set_to_none=True)

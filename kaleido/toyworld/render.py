@@ -145,21 +145,14 @@ MIN_ROTATION_GAP = 20.0  # degrees between the reference's rotation and every ro
 MIN_LIGHTING_GAP = 0.08
 
 
-def render_reference(
+def reference_pose(
     identity: Identity,
     size: int | tuple[int, int] = 128,
     seed: int = 0,
     clip_rotations: tuple[float, ...] | list[float] = (),
     clip_lighting: float | None = None,
-) -> Image.Image:
-    """The subject alone, centred on white, as an RGB PIL image of `size` (H, W) (an int: square).
-
-    Pose from `seed`: scale 0.55-0.75 of the shorter side, any rotation, lighting 0.8-1.05. Given the clip's
-    rotations and lighting, the reference is drawn in a pose the clip never shows: its rotation is at least
-    MIN_ROTATION_GAP degrees (modulo the outline's symmetry) from every rotation of the clip, when the clip leaves
-    such a gap (else the rotation farthest from all of them), and its lighting at least MIN_LIGHTING_GAP away.
-    It is never a crop of the clip: a different scale, pose and background (white).
-    """
+) -> Pose:
+    """The pose `render_reference` draws the subject in (same arguments): centred, scale as a fraction of H."""
     height, width = (size, size) if isinstance(size, int) else size
     if height < 8 or width < 8:
         raise ValueError(f"reference size: expected at least 8×8 pixels, got {height}×{width}")
@@ -179,6 +172,26 @@ def render_reference(
         lighting = float(lightings[far[0]] if len(far) else lightings[np.argmax(np.abs(lightings - clip_lighting))])
     else:
         lighting = float(lightings[0])
+    return Pose((width / 2, height / 2), scale, rotation, lighting)
+
+
+def render_reference(
+    identity: Identity,
+    size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    clip_rotations: tuple[float, ...] | list[float] = (),
+    clip_lighting: float | None = None,
+) -> Image.Image:
+    """The subject alone, centred on white, as an RGB PIL image of `size` (H, W) (an int: square).
+
+    Pose from `seed`: scale 0.55-0.75 of the shorter side, any rotation, lighting 0.8-1.05. Given the clip's
+    rotations and lighting, the reference is drawn in a pose the clip never shows: its rotation is at least
+    MIN_ROTATION_GAP degrees (modulo the outline's symmetry) from every rotation of the clip, when the clip leaves
+    such a gap (else the rotation farthest from all of them), and its lighting at least MIN_LIGHTING_GAP away.
+    It is never a crop of the clip: a different scale, pose and background (white).
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    pose = reference_pose(identity, size, seed, clip_rotations, clip_lighting)
     canvas = np.full((height, width, 3), 255.0, np.float32)
-    draw_subject(canvas, identity, Pose((width / 2, height / 2), scale, rotation, lighting))
+    draw_subject(canvas, identity, pose)
     return Image.fromarray(to_uint8(canvas), mode="RGB")

@@ -1,0 +1,91 @@
+"""scripts/train_vae.py / kaleido.vae_training: a small Wan VAE trained on the toy world learns, measures its
+latent statistics, writes loadable weights, resumes exactly, and rejects bad settings with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kaleido.toyworld.writer import write_dataset
+from kaleido.vae_training import VAETrainArgs, _to_pixels, load_frames
+from scripts import train_vae
+from sgm.vae import WanVAE
+
+CONFIG = "configs/vae/train_toy_vae.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("world") / "toy", 10, seed=3)
+
+
+def _run(world, save, *extra) -> int:
+    return train_vae.main(
+        [
+            "--base",
+            CONFIG,
+            f"args.train_data=[{world}]",
+            f"args.save={save}",
+            "args.eval_videos=2",
+            "args.clips_per_step=1",
+            "args.references_per_step=1",
+            "args.log_interval=1",
+            "args.eval_interval=100",
+            "args.save_interval=5",
+            "args.warmup_steps=1",
+            *extra,
+        ]
+    )
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_vae(world, tmp_path, capsys):
+    assert _run(world, tmp_path / "vae", "args.steps=30") == 0
+    records = [json.loads(line) for line in (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()]
+    l1 = [r["l1"] for r in records if "l1" in r]
+    assert len(l1) == 30 and sum(l1[-5:]) < 0.7 * sum(l1[:5])
+    summary = json.loads((tmp_path / "vae" / "vae.json").read_text())
+    assert summary["eval_videos"] == 2 and summary["train_videos"] == 8 and summary["steps"] == 30
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["eval_psnr_db"] == summary["eval_psnr_db"]
+    # The users' path: the file and the measured statistics in a WanVAE config.
+    vae = WanVAE(
+        weights_path=tmp_path / "vae" / "vae.safetensors",
+        latent_mean=summary["latent_mean"],
+        latent_std=summary["latent_std"],
+        **summary["params"],
+    )
+    frames = load_frames(VAETrainArgs(train_data=[str(world)], eval_videos=2))
+    with torch.no_grad():
+        videos = [vae.encode(_to_pixels(v[None])).flatten(2) for v in frames.train_videos]
+        references = [vae.encode(_to_pixels(r[None, None])).flatten(2) for r in frames.references]
+        z = torch.cat(videos + references, dim=2)
+    # normalised latents of what the statistics were measured on: zero mean, unit spread per channel
+    assert z.mean(dim=(0, 2)).abs().max() < 1e-3
+    assert (z.std(dim=(0, 2)) - 1).abs().max() < 1e-2
+
+
+def test_resume_continues_exactly(world, tmp_path):
+    assert _run(world, tmp_path / "straight", "args.steps=10") == 0
+    assert _run(world, tmp_path / "stopped", "args.steps=5") == 0
+    assert _run(world, tmp_path / "stopped", "args.steps=10") == 0
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "stopped" / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("args.clip_frames=4", "args.clip_frames: expected 4k + 1"),
+        ("args.video_size=[60,96]", "args.video_size: expected [H, W], positive multiples of 8"),
+        ("args.eval_videos=10", "10 readable videos, need more than args.eval_videos = 10"),
+        ("args.bogus=1", "unknown key 'args.bogus'"),
+        ("model.network_config.target=x", "unknown key 'model.network_config'"),
+    ],
+)
+def test_bad_settings_are_one_line(world, tmp_path, capsys, override, message):
+    assert _run(world, tmp_path / "bad", override) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
