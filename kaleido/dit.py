@@ -167,6 +167,7 @@ class KaleidoDiT(nn.Module):
         max_h: int = 80,
         max_w: int = 80,
         end_concat: bool = False,
+        shared_reference_time: bool = False,
         dtype: str = "bfloat16",
     ):
         super().__init__()
@@ -182,7 +183,7 @@ class KaleidoDiT(nn.Module):
         self.interleaved_rope = interleaved_rope
         self.rope_float32 = rope_float32
         self.placement = ReferencePlacement(
-            shift_t, shift_h, shift_w, overloop, rope_continue, max_h, max_w, end_concat
+            shift_t, shift_h, shift_w, overloop, rope_continue, max_h, max_w, end_concat, shared_reference_time
         )
         dim, eps = hidden_size, layernorm_epsilon
 

@@ -37,6 +37,8 @@ class ReferencePlacement:
     rope_continue: True -> offsets are the video grid size instead of max_h / max_w.
     max_h, max_w: the fixed offsets in tokens (80 = 1280 px / 16 in the released model).
     end_concat: True -> references follow the video, with temporal index T + k.
+    shared_time: True -> every reference at one temporal index (0, or T with end_concat) instead of its own (not an
+        official flag: an ablation of the per-reference time, docs/ablation.md).
     """
 
     shift_t: bool = True
@@ -47,6 +49,7 @@ class ReferencePlacement:
     max_h: int = 80
     max_w: int = 80
     end_concat: bool = False
+    shared_time: bool = False
 
     def reference_offsets(self, k: int, full_grid: tuple[int, int], grid_offset: tuple[int, int]) -> tuple[int, int]:
         """(h, w) offset of reference k's block for a local window at `grid_offset` of the full token grid.
@@ -105,7 +108,8 @@ def token_positions(
             # Angle 0 everywhere: the identity rotation.
             refs.append(torch.zeros(h * w, 3, dtype=torch.int64))
             continue
-        t = frames + k if placement.end_concat else k
+        index = 0 if placement.shared_time else k
+        t = frames + index if placement.end_concat else index
         refs.append(block(t, *placement.reference_offsets(k, full_grid or grid, grid_offset)))
     parts = video + refs if placement.end_concat else refs + video
     return torch.cat(parts)

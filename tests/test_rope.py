@@ -156,3 +156,18 @@ def test_every_flag_keeps_full_sequence_positions_in_a_window(overloop, rope_con
             local = token_positions(refs, frames, local_grid, placement, offset, full_grid=grid)
             window = full[:, r * size : (r + 1) * size] if axis == 0 else full[:, :, r * size : (r + 1) * size]
             assert torch.equal(local.reshape(refs + frames, *local_grid, 3), window), (axis, r)
+
+
+@pytest.mark.parametrize("end_concat", [False, True])
+def test_shared_time_puts_every_reference_at_one_temporal_index(end_concat):
+    """The ablation option (not an official flag): spatial offsets as released, one t for all references."""
+    shared = ReferencePlacement(end_concat=end_concat, shared_time=True)
+    released = ReferencePlacement(end_concat=end_concat)
+    a = token_positions(3, 5, (2, 3), shared)
+    b = token_positions(3, 5, (2, 3), released)
+    refs = slice(5 * 6, None) if end_concat else slice(0, 3 * 6)
+    assert set(a[refs, 0].tolist()) == {5 if end_concat else 0}
+    assert set(b[refs, 0].tolist()) == ({5, 6, 7} if end_concat else {0, 1, 2})
+    assert torch.equal(a[refs, 1:], b[refs, 1:])  # the same (80 + i, 80 + j) blocks
+    video = slice(0, 5 * 6) if end_concat else slice(3 * 6, None)
+    assert torch.equal(a[video], b[video])
