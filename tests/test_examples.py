@@ -13,6 +13,12 @@ def test_shipped_examples_are_regenerated_by_the_script(tmp_path):
     for name in ("ball.png", "robot.png", "meadow.png"):
         made, ours = Image.open(tmp_path / "refs" / name), Image.open(shipped / "refs" / name)
         assert made.mode == ours.mode and np.array_equal(np.asarray(made), np.asarray(ours)), name
+    # The toy model's demo prompts and references (held-out toys).
+    assert (tmp_path / "toy" / "prompts.txt").read_text() == (shipped / "toy" / "prompts.txt").read_text()
+    for made in sorted((tmp_path / "toy" / "refs").glob("*.png")):
+        ours = shipped / "toy" / "refs" / made.name
+        assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(ours))), made.name
+    assert len(list((shipped / "toy" / "refs").glob("*.png"))) == 6
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "tiny_umt5_tokenizer" / name).read_bytes() == (
             shipped / "tiny_umt5_tokenizer" / name

@@ -88,8 +88,11 @@ def _drawn_reference(ident: Identity, size: tuple[int, int], rotation: float, sc
     return image
 
 
-def make_eval_set(out: Path, count: int, seed: int = 1000, style: str = "world") -> list[EvalPrompt]:
-    """Write `count` held-out prompts to out/prompts.txt (+ out/refs/*.png, out/eval_set.json); return them."""
+def make_eval_set(
+    out: Path, count: int, seed: int = 1000, style: str = "world", prefix: str | None = None
+) -> list[EvalPrompt]:
+    """Write `count` held-out prompts to out/prompts.txt (+ out/refs/*.png, out/eval_set.json); return them.
+    The prompt file names the images `<prefix>/refs/...` (default: `out`), relative to the working directory."""
     if style not in STYLES:
         raise ValueError(f"style: expected one of {list(STYLES)}, got {style!r}")
     if count < 1:
@@ -115,7 +118,7 @@ def make_eval_set(out: Path, count: int, seed: int = 1000, style: str = "world")
                 image = _drawn_reference(subject.identity, size, pose.rotation, pose.scale)
             name = f"refs/{i:04d}_{j + 1}.png"
             image.save(out / name, format="PNG")
-            names.append(str(out / name))
+            names.append(f"{prefix or out}/{name}")
         prompts.append(EvalPrompt(i, clip, tuple(names)))
         records.append(
             {
