@@ -2,7 +2,7 @@
 world's detector (kaleido/toyworld/evaluate.py has the metric definitions).
 
     python scripts/evaluate_toyworld.py --base MODEL.yaml SAMPLE.yaml [key=value ...] --out OUT
-        [--prompts 120] [--seed 1000] [--style world|drawn] [--score-only]
+        [--prompts 120] [--seed 1000] [--style world|drawn] [--plain-only] [--score-only]
 
 OUT/set/ holds the prompts (prompts.txt, refs/, eval_set.json; kept when it exists with the same count, seed and
 style), OUT/videos/ the sample_video.py outputs (lines already done are skipped, so a stopped run resumes),
@@ -45,7 +45,13 @@ def evaluate(out: Path, detector: Detector | None = None) -> tuple[list[dict], d
     for record in info["prompts"]:
         frames = read_video(video_of(out / "videos", record["index"]))
         scores.append(score_video(frames, record, detector))
-    summary = {"prompts": len(scores), "style": info["style"], "seed": info["seed"], "metrics": summarize(scores)}
+    summary = {
+        "prompts": len(scores),
+        "style": info["style"],
+        "plain_only": info.get("plain_only", False),
+        "seed": info["seed"],
+        "metrics": summarize(scores),
+    }
     files.write_text(out / "scores.jsonl", "".join(json.dumps(s) + "\n" for s in scores))
     files.write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return scores, summary
@@ -69,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=120, help="held-out prompts (1/2/3 references in turn)")
     parser.add_argument("--seed", type=int, default=1000, help="seed of the evaluation set")
     parser.add_argument("--style", choices=STYLES, default="world", help="how references are drawn")
+    parser.add_argument(
+        "--plain-only", action="store_true", help="plain identities only (as --style drawn): the same clips as drawn"
+    )
     parser.add_argument("--score-only", action="store_true", help="score the videos already in OUT/videos")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="sampling overrides, applied last")
     cli = parser.parse_args(argv)
@@ -76,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --prompts: expected at least 1, got {cli.prompts}", file=sys.stderr)
         return 2
     set_dir = cli.out / "set"
-    wanted = {"count": cli.prompts, "seed": cli.seed, "style": cli.style}
+    plain_only = cli.plain_only or cli.style == "drawn"
+    wanted = {"count": cli.prompts, "seed": cli.seed, "style": cli.style, "plain_only": plain_only}
     try:
         existing = load_eval_set(set_dir) if (set_dir / "eval_set.json").is_file() else None
-        if existing is None or any(existing[k] != v for k, v in wanted.items()):
+        if existing is None or any(existing.get(k) != v for k, v in wanted.items()):
             if cli.score_only:
                 raise ValueError(f"{set_dir}: no evaluation set with {wanted} to score")
-            make_eval_set(set_dir, cli.prompts, cli.seed, cli.style)
+            make_eval_set(set_dir, cli.prompts, cli.seed, cli.style, plain_only=plain_only)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

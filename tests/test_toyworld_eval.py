@@ -118,3 +118,11 @@ def test_bootstrap_interval():
     assert summary["mean"] == 0.5 and summary["low"] < 0.5 < summary["high"]
     assert summary["low"] > 0.3 and summary["high"] < 0.7
     assert bootstrap([None, None])["mean"] is None
+
+
+def test_drawn_and_plain_world_sets_share_their_clips(tmp_path):
+    drawn = make_eval_set(tmp_path / "drawn", 3, seed=9, style="drawn")
+    world = make_eval_set(tmp_path / "world", 3, seed=9, plain_only=True)
+    assert [p.clip for p in drawn] == [p.clip for p in world]
+    first = (tmp_path / "drawn" / "refs" / "0000_1.png").read_bytes()
+    assert first != (tmp_path / "world" / "refs" / "0000_1.png").read_bytes()

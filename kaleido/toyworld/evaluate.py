@@ -89,16 +89,19 @@ def _drawn_reference(ident: Identity, size: tuple[int, int], rotation: float, sc
 
 
 def make_eval_set(
-    out: Path, count: int, seed: int = 1000, style: str = "world", prefix: str | None = None
+    out: Path, count: int, seed: int = 1000, style: str = "world", prefix: str | None = None, plain_only: bool = False
 ) -> list[EvalPrompt]:
     """Write `count` held-out prompts to out/prompts.txt (+ out/refs/*.png, out/eval_set.json); return them.
-    The prompt file names the images `<prefix>/refs/...` (default: `out`), relative to the working directory."""
+    The prompt file names the images `<prefix>/refs/...` (default: `out`), relative to the working directory.
+    `plain_only` (implied by style 'drawn') draws from the plain held-out identities only, so that the two styles
+    with one seed give the same clips and differ only in how the references are drawn."""
     if style not in STYLES:
         raise ValueError(f"style: expected one of {list(STYLES)}, got {style!r}")
     if count < 1:
         raise ValueError(f"count: expected at least 1 prompt, got {count}")
     pool = held_out_identities()
-    if style == "drawn":
+    plain_only = plain_only or style == "drawn"
+    if plain_only:
         pool = tuple(i for i in pool if i.pattern == "plain")
     out.mkdir(parents=True, exist_ok=True)
     (out / "refs").mkdir(exist_ok=True)
@@ -138,7 +141,7 @@ def make_eval_set(
             }
         )
     (out / "prompts.txt").write_text("".join(p.line() + "\n" for p in prompts), encoding="utf-8")
-    info = {"count": count, "seed": seed, "style": style, "prompts": records}
+    info = {"count": count, "seed": seed, "style": style, "plain_only": plain_only, "prompts": records}
     (out / "eval_set.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
     return prompts
 
