@@ -261,9 +261,11 @@ def sat_to_safetensors(
     ignore_unused: bool = False,
     overwrite: bool = False,
     allow_unsafe_pickle: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> list[str]:
     """SAT checkpoint -> one safetensors file with the SAT names (`model.diffusion_model.*`) plus `<output>.json`
-    holding the JSON-serialisable client state. Returns the names of the client-state entries dropped."""
+    holding the JSON-serialisable client state. Returns the names of the client-state entries dropped.
+    `dtype` casts the floating-point tensors (e.g. bfloat16 halves an fp32 training checkpoint); None keeps them."""
     output = Path(output)
     sidecar = output.with_name(output.name + ".json")
     _check_free([output, sidecar], overwrite)
@@ -274,6 +276,8 @@ def sat_to_safetensors(
         if "iteration" in kept:
             metadata["iteration"] = str(kept["iteration"])
         tensors = {SAT_PREFIX + k: _own_storage(v) for k, v in to_layout(ours, "sat").items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         sidecar_text = json.dumps({"client_state": kept, "dropped": dropped}, indent=2) + "\n"
         with atomic_path(output) as tmp, atomic_path(sidecar) as tmp_sidecar:
             save_file(tensors, str(tmp), metadata=metadata)

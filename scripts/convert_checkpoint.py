@@ -2,7 +2,7 @@
 
     python scripts/convert_checkpoint.py wan2sat <Wan2.1 shard folder | .safetensors> <SAT dir> [--iteration 1]
     python scripts/convert_checkpoint.py sat2wan <SAT dir | .pt | .safetensors> <Wan2.1 folder> [--max-shard-size 10GB]
-    python scripts/convert_checkpoint.py to-safetensors <SAT dir | .pt> <out.safetensors>
+    python scripts/convert_checkpoint.py to-safetensors <SAT dir | .pt> <out.safetensors> [--dtype bfloat16]
     python scripts/convert_checkpoint.py inspect <checkpoint | release folder> [--config model.yaml] [--json]
 
 Nothing is written on error (exit status 2, one line `error: <path>: ...`); an existing output needs --overwrite.
@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sat2wan.add_argument("--num-heads", type=int, help="config.json num_heads (default hidden size // 128)")
     to_st = commands.add_parser("to-safetensors", help="SAT checkpoint -> one safetensors file (SAT names) + .json")
+    to_st.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), help="cast the weights (default: keep their dtype)"
+    )
     for sub in (wan2sat, sat2wan, to_st):
         sub.add_argument("input")
         sub.add_argument("output")
@@ -127,8 +132,9 @@ def run(cli: argparse.Namespace) -> int:
             )
             print(f"wrote {cli.output} ({len(shards)} shard{'s' if len(shards) > 1 else ''} + config.json)")
         elif cli.command == "to-safetensors":
+            dtype = getattr(torch, cli.dtype) if cli.dtype else None
             dropped = convert.sat_to_safetensors(
-                cli.input, cli.output, cli.ignore_unused, cli.overwrite, cli.allow_unsafe_pickle
+                cli.input, cli.output, cli.ignore_unused, cli.overwrite, cli.allow_unsafe_pickle, dtype
             )
             report_dropped(dropped, "client-state entries that are not JSON (RNG states)")
             print(f"wrote {cli.output} and {cli.output}.json")

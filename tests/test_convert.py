@@ -206,6 +206,13 @@ def test_to_safetensors_keeps_json_client_state_and_drops_rng_arrays(tmp_path):
         metadata = f.metadata()
     assert metadata["iteration"] == "300" and all(isinstance(v, str) for v in metadata.values())
     assert_bitwise(load_dit_weights(tmp_path / "out.safetensors"), ours)
+    # --dtype bfloat16: every float tensor rounded to bf16, nothing else changed
+    assert (
+        main(["to-safetensors", str(tmp_path / "sat"), str(tmp_path / "bf16.safetensors"), "--dtype", "bfloat16"]) == 0
+    )
+    half = load_dit_weights(tmp_path / "bf16.safetensors")
+    assert half.keys() == ours.keys()
+    assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], ours[k].to(torch.bfloat16)) for k in ours)
 
 
 # ------------------------------------------------------------------------------------------------ 14B on meta
