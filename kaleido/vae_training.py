@@ -124,8 +124,8 @@ def load_frames(args: VAETrainArgs) -> Frames:
             except (SampleError, SampleSkipped) as err:  # a damaged file is skipped with its reason
                 log.warning("skipping %s: %s", path, err)
                 continue
-            tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
-            videos.append(resize_and_crop(tensor, size).permute(0, 2, 3, 1).numpy())
+            pixels = resize_and_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # (T, 3, H, W) in [-1, 1]
+            videos.append(files.video_to_uint8(pixels.movedim(1, 0)))  # back to (T, H, W, 3) uint8, exactly
             ref_dir = folder / "references" / path.stem
             if ref_dir.is_dir():
                 paths = sorted(ref_dir.glob("*.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,20 @@ def _run(world, save, *extra) -> int:
             *extra,
         ]
     )
+
+
+def test_frames_are_the_videos_and_references_as_uint8(world):
+    """The training material is the decoded videos themselves (same size: no resize) and the letterboxed
+    references, as uint8 RGB (a float array here would train the VAE on the wrong value range)."""
+    from kaleido.data import load_references
+    from kaleido.toyworld.writer import read_video
+
+    frames = load_frames(VAETrainArgs(train_data=[str(world)], eval_videos=2))
+    assert frames.train_videos.dtype == frames.eval_videos.dtype == frames.references.dtype == np.uint8
+    assert np.array_equal(frames.train_videos[0], read_video(world / "videos" / "000000.mp4"))
+    assert np.array_equal(frames.eval_videos[-1], read_video(world / "videos" / "000009.mp4"))
+    refs = load_references([world / "references" / "000000" / "ref1.png"], (64, 96))
+    assert np.array_equal(frames.references[0], ((refs[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_vae(world, tmp_path, capsys):
