@@ -19,6 +19,7 @@ from kaleido.toyworld.render import Pose, draw_subject, render_reference
 from kaleido.toyworld.world import WorldConfig, render_clip, sample_clip
 from kaleido.toyworld.writer import clip_meta, clip_seed, read_video, write_dataset, write_video
 from scripts import make_dataset_index, make_toyworld
+from tests.golden import REPO
 
 SMALL = WorldConfig(frames=9, reference_size=(48, 48))
 
@@ -199,3 +200,16 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     write_dataset(tmp_path / "set", 1, config=WorldConfig(frames=2))
     with pytest.raises(FileExistsError):
         write_dataset(tmp_path / "set", 1, config=WorldConfig(frames=2))
+
+
+def test_validate_detector_through_a_vae(tmp_path):
+    """scripts/validate_detector.py --vae: the clips pass through the config's VAE before detection; the tiny
+    model's random VAE destroys the toys, so nothing is found."""
+    from scripts import validate_detector
+
+    plain = validate_detector.validate(2, 7, raw=True)
+    random_vae = validate_detector.validate(
+        2, 7, raw=True, vae=str(REPO / "configs/video_model/dit_crossattn_tiny.yaml")
+    )
+    assert plain.frames == random_vae.frames == 34
+    assert plain.recall >= 0.9 and random_vae.true_positives == 0
