@@ -74,6 +74,9 @@ class VAETrainArgs:
     save_interval: int = 500
     save: str = "checkpoints/vae"
     resume: bool = True
+    # End this invocation after this step (0 = run to args.steps), to fit a run into a time slot: the schedule still
+    # follows args.steps, and the same command without it resumes exactly.
+    stop_at: int = 0
     seed: int = 0
     device: str = "cpu"
 
@@ -283,7 +286,8 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
             metrics.write(json.dumps({"step": step, "eval_psnr": round(value, 3)}) + "\n")
             metrics.flush()
             log.info("step %d: held-back PSNR %.2f dB", step, value)
-        if step % args.save_interval == 0 or step == args.steps:
+        stopping = step == args.stop_at and step < args.steps
+        if step % args.save_interval == 0 or step == args.steps or stopping:
             state = {
                 "model": vae.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -293,6 +297,10 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
             }
             with files.atomic_path(state_path) as tmp:
                 torch.save(state, tmp)
+        if stopping:
+            metrics.close()
+            log.info("stopped at step %d of %d (args.stop_at); run again without it to continue", step, args.steps)
+            return {"stopped_at": step}
     metrics.close()
     vae.eval()
     mean, std = latent_statistics(vae, frames, device)

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InstantiationError, DatasetError, ParallelConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if "stopped_at" in summary:
+        print(json.dumps(summary))
+        return 0
     print(json.dumps({k: summary[k] for k in ("eval_psnr_db", "latent_mean", "latent_std")}))
     return 0
 

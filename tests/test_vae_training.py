@@ -81,9 +81,13 @@ def test_training_lowers_the_loss_and_writes_a_loadable_vae(world, tmp_path, cap
     assert (z.std(dim=(0, 2)) - 1).abs().max() < 1e-2
 
 
-def test_resume_continues_exactly(world, tmp_path):
+def test_resume_continues_exactly(world, tmp_path, capsys):
+    """A run stopped at step 5 (args.stop_at; the schedule follows args.steps) and resumed gives the weights of a
+    run straight to step 10."""
     assert _run(world, tmp_path / "straight", "args.steps=10") == 0
-    assert _run(world, tmp_path / "stopped", "args.steps=5") == 0
+    assert _run(world, tmp_path / "stopped", "args.steps=10", "args.stop_at=5") == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"stopped_at": 5}
+    assert not (tmp_path / "stopped" / "vae.safetensors").exists()  # no export from an unfinished run
     assert _run(world, tmp_path / "stopped", "args.steps=10") == 0
     a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "stopped" / "state.pt", weights_only=False)["model"]
