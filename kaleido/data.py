@@ -450,7 +450,7 @@ def scan_dataset(
     settings["backend"] = resolve_backend(backend)
     result = ScanResult(dirs, settings)
     for data_dir in dirs:
-        for video in _list_videos(data_dir):
+        for video in list_videos(data_dir):
             result.videos += 1
             try:
                 result.samples.append(_scan_sample(data_dir, video, settings))
@@ -498,7 +498,8 @@ def _check_settings(
         raise ValueError(f"reference_pattern {reference_pattern!r}: must contain '{{k}}' (e.g. 'ref{{k}}.png')")
 
 
-def _list_videos(data_dir: Path) -> list[Path]:
+def list_videos(data_dir: Path) -> list[Path]:
+    """The `videos/*.mp4` of an SFT dataset folder, sorted by name; DatasetError when the layout is missing."""
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: dataset folder not found (expected a folder with {LAYOUT})")
     if not any(data_dir.iterdir()):

@@ -35,7 +35,7 @@ from kaleido.data import (
     DatasetError,
     SampleError,
     SampleSkipped,
-    _list_videos,
+    list_videos,
     load_references,
     probe_video,
     read_frames,
@@ -120,7 +120,7 @@ def load_frames(args: VAETrainArgs) -> Frames:
     size = tuple(args.video_size)
     videos, references = [], []
     for folder in map(Path, args.train_data):
-        for path in _list_videos(folder):
+        for path in list_videos(folder):
             try:
                 count, _ = probe_video(path)
                 frames = read_frames(path, list(range(count)))
