@@ -68,6 +68,9 @@ class VAETrainArgs:
     lr: float = 1.0e-3
     warmup_steps: int = 100
     kl_weight: float = 1.0e-6
+    # True: decode a posterior sample (mean + exp(log_var / 2) · noise), as a VAE; False: decode the mean, a
+    # deterministic autoencoder (what inference decodes; the KL term still keeps the mean's scale in check).
+    posterior_noise: bool = True
     mse_weight: float = 1.0
     log_interval: int = 50
     eval_interval: int = 500
@@ -150,12 +153,13 @@ def load_frames(args: VAETrainArgs) -> Frames:
 
 
 def reconstruction_loss(
-    vae: WanVAE, pixels: torch.Tensor, kl_weight: float, mse_weight: float
+    vae: WanVAE, pixels: torch.Tensor, kl_weight: float, mse_weight: float, posterior_noise: bool = True
 ) -> tuple[torch.Tensor, dict]:
-    """(B, 3, T, H, W) pixels -> loss on a posterior sample's reconstruction, and its terms (floats)."""
+    """(B, 3, T, H, W) pixels -> loss on the reconstruction of a posterior sample (or of the mean without
+    `posterior_noise`), and its terms (floats)."""
     mu, log_var = vae.posterior(pixels)
     log_var = log_var.clamp(-30.0, 20.0)
-    z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if posterior_noise else mu
     out = vae.decode_raw(z)
     l1 = (out - pixels).abs().mean()
     mse = F.mse_loss(out, pixels)
@@ -266,7 +270,9 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
         optimizer.zero_grad(set_to_none=True)
         terms: dict[str, float] = {}
         for pixels in _batch(frames, args, rng):
-            loss, parts = reconstruction_loss(vae, pixels.to(device), args.kl_weight, args.mse_weight)
+            loss, parts = reconstruction_loss(
+                vae, pixels.to(device), args.kl_weight, args.mse_weight, args.posterior_noise
+            )
             loss.backward()
             for key, value in parts.items():
                 terms[key] = terms.get(key, 0.0) + value

@@ -108,3 +108,16 @@ def test_bad_settings_are_one_line(world, tmp_path, capsys, override, message):
     assert _run(world, tmp_path / "bad", override) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_posterior_noise_switch():
+    """posterior_noise=False decodes the posterior mean: the same input gives the same loss twice."""
+    from kaleido.vae_training import reconstruction_loss
+
+    vae = WanVAE(dim=8, z_dim=4, dtype="float32")
+    pixels = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mean = [reconstruction_loss(vae, pixels, 1e-6, 1.0, posterior_noise=False)[0] for _ in range(2)]
+        sampled = [reconstruction_loss(vae, pixels, 1e-6, 1.0)[0] for _ in range(2)]
+    assert torch.equal(mean[0], mean[1])
+    assert not torch.equal(sampled[0], sampled[1])
