@@ -112,7 +112,7 @@ class Frames:
     references: np.ndarray
 
 
-def _to_pixels(frames: np.ndarray) -> torch.Tensor:
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
     """(..., T, H, W, 3) uint8 -> (..., 3, T, H, W) float32 in [-1, 1]."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
     return video.movedim(-1, -4)
@@ -179,7 +179,7 @@ def evaluate(vae: WanVAE, videos: np.ndarray, device: torch.device) -> float:
     """Mean PSNR (dB) of whole videos through encode -> decode -> uint8, as sampling writes them."""
     values = []
     for video in videos:
-        pixels = _to_pixels(video[None]).to(device)
+        pixels = to_pixels(video[None]).to(device)
         out = vae.decode(vae.encode(pixels, normalize=False), normalized=False)
         values.append(psnr(video, files.video_to_uint8(out[0].cpu())))
     return float(np.mean(values))
@@ -191,8 +191,8 @@ def latent_statistics(vae: WanVAE, frames: Frames, device: torch.device, limit: 
     total = torch.zeros(vae.z_dim, dtype=torch.float64)
     squares = torch.zeros(vae.z_dim, dtype=torch.float64)
     count = 0
-    batches = [_to_pixels(v[None]) for v in frames.train_videos[:limit]]
-    batches += [_to_pixels(r[None, None]) for r in frames.references[:limit]]
+    batches = [to_pixels(v[None]) for v in frames.train_videos[:limit]]
+    batches += [to_pixels(r[None, None]) for r in frames.references[:limit]]
     for pixels in batches:
         mu = vae.encode(pixels.to(device), normalize=False).double().cpu()
         total += mu.sum(dim=(0, 2, 3, 4))
@@ -211,13 +211,13 @@ def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list
         picks = rng.integers(0, n, args.clips_per_step)
         starts = rng.integers(0, t - args.clip_frames + 1, args.clips_per_step)
         windows = np.stack([frames.train_videos[i, s : s + args.clip_frames] for i, s in zip(picks, starts)])
-        batches.append(_to_pixels(windows))
+        batches.append(to_pixels(windows))
     pool = (
         frames.references if len(frames.references) else frames.train_videos.reshape(-1, *frames.eval_videos.shape[2:])
     )
     if args.references_per_step:
         picks = rng.integers(0, len(pool), args.references_per_step)
-        batches.append(_to_pixels(pool[picks][:, None]))
+        batches.append(to_pixels(pool[picks][:, None]))
     return batches
 
 
@@ -313,7 +313,7 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
     eval_psnr = evaluate(vae, frames.eval_videos, device)
     weights = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}
     with files.atomic_path(save / WEIGHTS) as tmp:
-        save_file(weights, str(tmp), metadata={"format": "wan-vae", "latent_mean": json.dumps(mean)})
+        save_file(weights, str(tmp), metadata={"format": "wan-vae"})  # the statistics live in vae.json
     summary = {
         "params": {k: v for k, v in params.items() if k != "weights_path"},
         "latent_mean": mean,

@@ -33,6 +33,7 @@ def through_vae(model_config: str):
     import torch
 
     from kaleido import files
+    from kaleido.vae_training import to_pixels
     from sat.config import load_config
     from sgm.util import instantiate_from_config
 
@@ -40,7 +41,7 @@ def through_vae(model_config: str):
     vae = instantiate_from_config(node, "model.first_stage_config").eval()
 
     def apply(frames):
-        pixels = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        pixels = to_pixels(frames[None])
         with torch.no_grad():
             return files.video_to_uint8(vae.decode(vae.encode(pixels))[0])
 

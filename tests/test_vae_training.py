@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kaleido.toyworld.writer import write_dataset
-from kaleido.vae_training import VAETrainArgs, _to_pixels, load_frames
+from kaleido.vae_training import VAETrainArgs, load_frames, to_pixels
 from scripts import train_vae
 from sgm.vae import WanVAE
 
@@ -73,8 +73,8 @@ def test_training_lowers_the_loss_and_writes_a_loadable_vae(world, tmp_path, cap
     )
     frames = load_frames(VAETrainArgs(train_data=[str(world)], eval_videos=2))
     with torch.no_grad():
-        videos = [vae.encode(_to_pixels(v[None])).flatten(2) for v in frames.train_videos]
-        references = [vae.encode(_to_pixels(r[None, None])).flatten(2) for r in frames.references]
+        videos = [vae.encode(to_pixels(v[None])).flatten(2) for v in frames.train_videos]
+        references = [vae.encode(to_pixels(r[None, None])).flatten(2) for r in frames.references]
         z = torch.cat(videos + references, dim=2)
     # normalised latents of what the statistics were measured on: zero mean, unit spread per channel
     assert z.mean(dim=(0, 2)).abs().max() < 1e-3
