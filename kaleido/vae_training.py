@@ -2,10 +2,12 @@
 
 The network is `sgm.vae.WanVAE` with the config's widths. Each step reconstructs `clips_per_step` windows of
 `clip_frames` consecutive video frames (a window is encoded as a clip of its own: its first frame alone, then
-groups of 4, as the causal VAE sees any video) and `references_per_step` reference images (one frame each, as the
-DiT's references are encoded), with an L1 + MSE pixel loss on a sample of the posterior and a small KL term.
+groups of 4, as the causal VAE sees any video), `references_per_step` reference images (one frame each, as the
+DiT's references are encoded) and `frames_per_step` single video frames, with an L1 + MSE pixel loss on a sample of the posterior and a small KL term.
 The last `eval_videos` videos of the scan are held back: reconstruction PSNR is measured on them (whole clips,
-through `encode`/`decode` and uint8 rounding, as sampling writes videos).
+through `encode`/`decode` and uint8 rounding, as sampling writes videos). Train on windows as long as the videos
+the model will make: windows of 5 frames never train the caches that carry a third latent frame and beyond, and a
+VAE trained so decodes the later frames of a 17-frame clip as noise.
 
 At the end the per-channel mean and std of the posterior mean over the training videos and references are
 measured, so the DiT sees unit-scale latents; they go into the VAE's config (`latent_mean`, `latent_std`).
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
 from kaleido import files
 from kaleido.data import (
@@ -43,7 +46,7 @@ from kaleido.data import (
 )
 from sat.config import Config
 from sgm.util import instantiate_from_config
-from sgm.vae import WanVAE
+from sgm.vae import ResidualBlock, WanVAE
 
 log = logging.getLogger("kaleido.vae_training")
 
@@ -62,6 +65,9 @@ class VAETrainArgs:
     clip_frames: int = 5  # frames per training window (4k + 1)
     clips_per_step: int = 2
     references_per_step: int = 4
+    # Single frames drawn from the training videos, encoded as one-frame images: the 17 frames of a clip are nearly
+    # alike, so frames of many clips teach the spatial code far faster per unit of compute than more clips.
+    frames_per_step: int = 0
     max_videos: int = 0  # videos read into memory; 0 = all
     eval_videos: int = 16  # held back for the PSNR
     steps: int = 2000
@@ -72,6 +78,11 @@ class VAETrainArgs:
     # deterministic autoencoder (what inference decodes; the KL term still keeps the mean's scale in check).
     posterior_noise: bool = True
     mse_weight: float = 1.0
+    # Start every residual block of the encoder and decoder as the identity (its last conv zeroed), as the attention
+    # blocks already start. At small widths the default start lets the decoder collapse to the mean image within a
+    # few dozen steps (its output stops depending on the input and the encoder gets no gradient); from the identity
+    # the latent reaches the output from step one (docs/toy_model.md).
+    zero_init_residual: bool = True
     log_interval: int = 50
     eval_interval: int = 500
     save_interval: int = 500
@@ -93,12 +104,12 @@ class VAETrainArgs:
         for name in ("steps", "log_interval", "eval_interval", "save_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if (
-            self.clips_per_step < 0
-            or self.references_per_step < 0
-            or self.clips_per_step + self.references_per_step == 0
-        ):
-            raise ValueError("clips_per_step: with references_per_step, expected at least one item per step")
+        counts = (self.clips_per_step, self.references_per_step, self.frames_per_step)
+        if min(counts) < 0 or sum(counts) == 0:
+            raise ValueError(
+                "clips_per_step, references_per_step, frames_per_step: expected non-negative counts, at least one item "
+                f"per step; got {list(counts)}"
+            )
         if self.eval_videos < 1:
             raise ValueError(f"eval_videos: expected at least 1, got {self.eval_videos}")
 
@@ -110,6 +121,15 @@ class Frames:
     train_videos: np.ndarray
     eval_videos: np.ndarray
     references: np.ndarray
+
+
+def zero_residual_branches(vae: WanVAE) -> None:
+    """Zero the last conv of every residual block, so each block starts as its shortcut."""
+    for module in vae.modules():
+        if isinstance(module, ResidualBlock):
+            last = module.residual[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -204,7 +224,8 @@ def latent_statistics(vae: WanVAE, frames: Frames, device: torch.device, limit: 
 
 
 def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list[torch.Tensor]:
-    """The step's inputs: one (B, 3, clip_frames, H, W) batch of windows and one (B, 3, 1, H, W) of references."""
+    """The step's inputs: a (B, 3, clip_frames, H, W) batch of windows, a (B, 3, 1, H, W) batch of references and
+    one of single video frames (each only when its count is non-zero)."""
     batches = []
     if args.clips_per_step:
         n, t = frames.train_videos.shape[:2]
@@ -218,6 +239,11 @@ def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list
     if args.references_per_step:
         picks = rng.integers(0, len(pool), args.references_per_step)
         batches.append(to_pixels(pool[picks][:, None]))
+    if args.frames_per_step:
+        n, t = frames.train_videos.shape[:2]
+        picks = rng.integers(0, n, args.frames_per_step)
+        times = rng.integers(0, t, args.frames_per_step)
+        batches.append(to_pixels(frames.train_videos[picks, times][:, None]))
     return batches
 
 
@@ -238,6 +264,8 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
     vae = instantiate_from_config({"target": node["target"], "params": params}, "model.first_stage_config")
     if not isinstance(vae, WanVAE):
         raise DatasetError(f"model.first_stage_config.target: expected sgm.vae.WanVAE, got {node['target']}")
+    if args.zero_init_residual:
+        zero_residual_branches(vae)
     vae.to(device).train()
     frames = load_frames(args)
     log.info(

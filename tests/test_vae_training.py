@@ -98,6 +98,7 @@ def test_resume_continues_exactly(world, tmp_path, capsys):
     ("override", "message"),
     [
         ("args.clip_frames=4", "args.clip_frames: expected 4k + 1"),
+        ("args.frames_per_step=-1", "frames_per_step: expected non-negative counts, at least one item per step"),
         ("args.video_size=[60,96]", "args.video_size: expected [H, W], positive multiples of 8"),
         ("args.eval_videos=10", "10 readable videos, need more than args.eval_videos = 10"),
         ("args.bogus=1", "unknown key 'args.bogus'"),
@@ -121,3 +122,43 @@ def test_posterior_noise_switch():
         sampled = [reconstruction_loss(vae, pixels, 1e-6, 1.0)[0] for _ in range(2)]
     assert torch.equal(mean[0], mean[1])
     assert not torch.equal(sampled[0], sampled[1])
+
+
+def test_a_step_batches_windows_references_and_single_frames(world):
+    from kaleido.vae_training import _batch
+
+    args = VAETrainArgs(
+        train_data=[str(world)],
+        eval_videos=2,
+        clip_frames=5,
+        clips_per_step=2,
+        references_per_step=3,
+        frames_per_step=4,
+    )
+    frames = load_frames(args)
+    windows, references, singles = _batch(frames, args, np.random.default_rng(0))
+    assert windows.shape == (2, 3, 5, 64, 96) and references.shape == (3, 3, 1, 64, 96)
+    assert singles.shape == (4, 3, 1, 64, 96)
+    pool = {to_pixels(frame[None]).numpy().tobytes() for video in frames.train_videos for frame in video}
+    assert all(single.numpy().tobytes() in pool for single in singles)  # each is one training frame, as is
+    assert not any(reference.numpy().tobytes() in pool for reference in references)
+
+
+def test_zero_init_starts_every_residual_block_as_its_shortcut():
+    """args.zero_init_residual: each block's output equals its shortcut at the start, and the rest of the
+    initialisation is untouched (the same seed gives the same weights elsewhere)."""
+    from kaleido.vae_training import zero_residual_branches
+    from sgm.vae import ResidualBlock
+
+    torch.manual_seed(0)
+    plain = WanVAE(dim=4, z_dim=4, dtype="float32", norm_constants="float32")
+    torch.manual_seed(0)
+    zeroed = WanVAE(dim=4, z_dim=4, dtype="float32", norm_constants="float32")
+    zero_residual_branches(zeroed)
+    blocks = [m for m in zeroed.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) > 4
+    x = torch.randn(1, blocks[0].residual[0].gamma.shape[0], 1, 8, 8)
+    assert torch.equal(blocks[0](x, {}), blocks[0].shortcut(x))
+    assert not torch.equal([m for m in plain.modules() if isinstance(m, ResidualBlock)][0](x, {}), x)
+    changed = [k for k, v in zeroed.state_dict().items() if not torch.equal(v, plain.state_dict()[k])]
+    assert changed and all(".residual.6." in k for k in changed), changed
