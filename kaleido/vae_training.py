@@ -63,6 +63,10 @@ class VAETrainArgs:
     train_data: list[str] = field(default_factory=list)  # SFT dataset folders (videos/, references/)
     video_size: list[int] = field(default_factory=lambda: [64, 96])  # (H, W) pixels, multiples of 8
     clip_frames: int = 5  # frames per training window (4k + 1)
+    # [H, W]: train on a random crop of each window (multiples of 8, at most video_size), [] = whole frames. Long
+    # windows are what the causal caches need and cost the most; the convolutions see the same statistics in a
+    # crop, at a fraction of the cost.
+    clip_crop: list[int] = field(default_factory=list)
     clips_per_step: int = 2
     references_per_step: int = 4
     # Single frames drawn from the training videos, encoded as one-frame images: the 17 frames of a clip are nearly
@@ -99,6 +103,13 @@ class VAETrainArgs:
             raise ValueError("train_data: expected at least one dataset folder")
         if len(self.video_size) != 2 or any(v <= 0 or v % 8 for v in self.video_size):
             raise ValueError(f"video_size: expected [H, W], positive multiples of 8, got {self.video_size}")
+        if self.clip_crop and (
+            len(self.clip_crop) != 2 or any(c <= 0 or c % 8 or c > v for c, v in zip(self.clip_crop, self.video_size))
+        ):
+            raise ValueError(
+                f"clip_crop: expected [] or [H, W], positive multiples of 8 within video_size {self.video_size}, "
+                f"got {self.clip_crop}"
+            )
         if self.clip_frames < 1 or (self.clip_frames - 1) % 4:
             raise ValueError(f"clip_frames: expected 4k + 1 frames (1, 5, 9, ...), got {self.clip_frames}")
         for name in ("steps", "log_interval", "eval_interval", "save_interval"):
@@ -224,7 +235,8 @@ def latent_statistics(vae: WanVAE, frames: Frames, device: torch.device, limit: 
 
 
 def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list[torch.Tensor]:
-    """The step's inputs: a (B, 3, clip_frames, H, W) batch of windows, a (B, 3, 1, H, W) batch of references and
+    """The step's inputs: a (B, 3, clip_frames, H, W) batch of windows (H, W = clip_crop when given), a
+    (B, 3, 1, H, W) batch of references and
     one of single video frames (each only when its count is non-zero)."""
     batches = []
     if args.clips_per_step:
@@ -232,6 +244,11 @@ def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list
         picks = rng.integers(0, n, args.clips_per_step)
         starts = rng.integers(0, t - args.clip_frames + 1, args.clips_per_step)
         windows = np.stack([frames.train_videos[i, s : s + args.clip_frames] for i, s in zip(picks, starts)])
+        if args.clip_crop:
+            (height, width), (crop_h, crop_w) = windows.shape[2:4], args.clip_crop
+            tops = rng.integers(0, height - crop_h + 1, len(windows))
+            lefts = rng.integers(0, width - crop_w + 1, len(windows))
+            windows = np.stack([w[:, y : y + crop_h, x : x + crop_w] for w, y, x in zip(windows, tops, lefts)])
         batches.append(to_pixels(windows))
     pool = (
         frames.references if len(frames.references) else frames.train_videos.reshape(-1, *frames.eval_videos.shape[2:])

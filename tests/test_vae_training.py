@@ -98,6 +98,7 @@ def test_resume_continues_exactly(world, tmp_path, capsys):
     ("override", "message"),
     [
         ("args.clip_frames=4", "args.clip_frames: expected 4k + 1"),
+        ("args.clip_crop=[36,48]", "args.clip_crop: expected [] or [H, W], positive multiples of 8 within"),
         ("args.frames_per_step=-1", "frames_per_step: expected non-negative counts, at least one item per step"),
         ("args.video_size=[60,96]", "args.video_size: expected [H, W], positive multiples of 8"),
         ("args.eval_videos=10", "10 readable videos, need more than args.eval_videos = 10"),
@@ -162,3 +163,30 @@ def test_zero_init_starts_every_residual_block_as_its_shortcut():
     assert not torch.equal([m for m in plain.modules() if isinstance(m, ResidualBlock)][0](x, {}), x)
     changed = [k for k, v in zeroed.state_dict().items() if not torch.equal(v, plain.state_dict()[k])]
     assert changed and all(".residual.6." in k for k in changed), changed
+
+
+def test_window_crops_are_regions_of_training_windows(world):
+    from kaleido.vae_training import _batch
+
+    args = VAETrainArgs(
+        train_data=[str(world)],
+        eval_videos=2,
+        clip_frames=5,
+        clip_crop=[32, 48],
+        clips_per_step=3,
+        references_per_step=0,
+    )
+    frames = load_frames(args)
+    (windows,) = _batch(frames, args, np.random.default_rng(1))
+    assert windows.shape == (3, 3, 5, 32, 48)
+    videos = to_pixels(frames.train_videos)  # (N, 3, T, H, W)
+    for window in windows:
+        hits = [
+            (n, t, y, x)
+            for n in range(videos.shape[0])
+            for t in range(videos.shape[2] - 4)
+            for y in range(64 - 32 + 1)
+            for x in range(96 - 48 + 1)
+            if torch.equal(videos[n, :, t : t + 5, y : y + 32, x : x + 48], window)
+        ]
+        assert len(hits) >= 1
