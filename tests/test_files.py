@@ -227,6 +227,21 @@ def test_output_dir_problems_are_found_up_front(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_read_only_output_dir_is_found_up_front(tmp_path, monkeypatch):
+    """A read-only mount: root passes every permission bit, so the check is driven through os.access itself,
+    which reports False for the folders named here and the truth for everything else."""
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
+    with pytest.raises(files.InputError, match=r"args.output_dir=.*locked: not writable$"):
+        files.check_output_dir(locked)
+    with pytest.raises(files.InputError, match=r"locked/a/b: not writable \(its nearest existing parent .*locked\)"):
+        files.check_output_dir(locked / "a" / "b")
+    files.check_output_dir(tmp_path / "open")  # a writable parent: fine
+
+
 @pytest.mark.parametrize(
     "content, kwargs, message",
     [
