@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import unicodedata
 import warnings
 from collections.abc import Iterator
@@ -322,9 +323,21 @@ def _fit(text: str, font, limit: float, tail: str = "", at_least: int = 1) -> in
     return low
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc/self/status), so threads that
+    create files meanwhile never see a zero umask; elsewhere set-and-restore under a lock."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 
@@ -354,7 +367,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; a plain open() would give this
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp creates 0600; a plain open() would give this
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -373,7 +386,7 @@ def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a plain mkdir would give this
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700; a plain mkdir would give this
         yield tmp
         old = None
         if path.exists():

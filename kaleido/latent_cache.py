@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from kaleido.data import DatasetError, SampleError
+from kaleido.files import current_umask
 from sat.config import Config, ConfigError
 from sgm.util import instantiate_from_config, seeded_random_init_
 
@@ -339,12 +340,6 @@ def made_on(device: torch.device) -> dict:
     return where
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def check_fingerprint(
     cache: LatentCacheDataset, config: Config, args, modules: dict | None = None, device: torch.device | None = None
 ) -> None:
@@ -464,7 +459,7 @@ def write_cache(config: Config, args, out: str | Path, device: torch.device, ove
             "made_on": made_on(device),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        mode = 0o666 & ~_umask()  # safetensors creates its files 0600; a plain open() would give this
+        mode = 0o666 & ~current_umask()  # safetensors creates its files 0600; a plain open() would give this
         for path in [tmp / EMPTY_CONTEXT, *(tmp / "samples").iterdir()]:
             os.chmod(path, mode)
     log.info("latent cache %s: %d samples", out, len(entries))

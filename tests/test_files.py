@@ -347,3 +347,12 @@ def test_contact_sheet_refuses_bad_frames():
     ):
         with pytest.raises(ValueError, match="frames must be"):
             files.contact_sheet([], bad, "x")
+
+
+def test_current_umask_reads_without_changing_it():
+    old = os.umask(0o037)
+    try:
+        assert files.current_umask() == 0o037
+        assert os.umask(0o037) == 0o037  # still set: reading it did not replace it
+    finally:
+        os.umask(old)
