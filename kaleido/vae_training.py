@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -54,6 +53,7 @@ WEIGHTS = "vae.safetensors"
 SUMMARY = "vae.json"
 METRICS = "metrics.jsonl"
 STATE = "state.pt"
+SATURATED = 0.4  # toy-world subjects are >= 0.8, backgrounds <= 0.25 (kaleido/toyworld/catalogue.py)
 
 
 @dataclass
@@ -87,6 +87,10 @@ class VAETrainArgs:
     # few dozen steps (its output stops depending on the input and the encoder gets no gradient); from the identity
     # the latent reaches the output from step one (docs/toy_model.md).
     zero_init_residual: bool = True
+    # Pixel weight of saturated pixels (HSV saturation > SATURATED, in the target) on top of 1: subjects in the toy
+    # world are saturated and small against greyish backgrounds, and an unweighted loss is spent on the background
+    # (docs/toy_model.md). 0 = every pixel alike.
+    saturated_weight: float = 0.0
     log_interval: int = 50
     eval_interval: int = 500
     save_interval: int = 500
@@ -121,6 +125,8 @@ class VAETrainArgs:
                 "clips_per_step, references_per_step, frames_per_step: expected non-negative counts, at least one item "
                 f"per step; got {list(counts)}"
             )
+        if self.saturated_weight < 0:
+            raise ValueError(f"saturated_weight: expected a weight >= 0, got {self.saturated_weight}")
         if self.eval_videos < 1:
             raise ValueError(f"eval_videos: expected at least 1, got {self.eval_videos}")
 
@@ -183,17 +189,30 @@ def load_frames(args: VAETrainArgs) -> Frames:
     return Frames(stacked[: -args.eval_videos], stacked[-args.eval_videos :], refs)
 
 
+def saturation(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, ...) pixels in [-1, 1] -> (B, 1, ...) HSV saturation in [0, 1]."""
+    rgb = (pixels + 1) / 2
+    high, low = rgb.amax(1, keepdim=True), rgb.amin(1, keepdim=True)
+    return (high - low) / high.clamp_min(1e-3)
+
+
 def reconstruction_loss(
-    vae: WanVAE, pixels: torch.Tensor, kl_weight: float, mse_weight: float, posterior_noise: bool = True
+    vae: WanVAE,
+    pixels: torch.Tensor,
+    kl_weight: float,
+    mse_weight: float,
+    posterior_noise: bool = True,
+    saturated_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """(B, 3, T, H, W) pixels -> loss on the reconstruction of a posterior sample (or of the mean without
-    `posterior_noise`), and its terms (floats)."""
+    `posterior_noise`), and its terms (floats). Pixels more saturated than SATURATED weigh 1 + saturated_weight."""
     mu, log_var = vae.posterior(pixels)
     log_var = log_var.clamp(-30.0, 20.0)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if posterior_noise else mu
     out = vae.decode_raw(z)
-    l1 = (out - pixels).abs().mean()
-    mse = F.mse_loss(out, pixels)
+    weight = 1.0 + saturated_weight * (saturation(pixels) > SATURATED).float()
+    l1 = (weight * (out - pixels).abs()).mean()
+    mse = (weight * (out - pixels).square()).mean()
     kl = 0.5 * (mu.pow(2) + log_var.exp() - 1.0 - log_var).mean()
     loss = l1 + mse_weight * mse + kl_weight * kl
     return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
@@ -316,7 +335,7 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
         terms: dict[str, float] = {}
         for pixels in _batch(frames, args, rng):
             loss, parts = reconstruction_loss(
-                vae, pixels.to(device), args.kl_weight, args.mse_weight, args.posterior_noise
+                vae, pixels.to(device), args.kl_weight, args.mse_weight, args.posterior_noise, args.saturated_weight
             )
             loss.backward()
             for key, value in parts.items():

@@ -99,6 +99,7 @@ def test_resume_continues_exactly(world, tmp_path, capsys):
     [
         ("args.clip_frames=4", "args.clip_frames: expected 4k + 1"),
         ("args.clip_crop=[36,48]", "args.clip_crop: expected [] or [H, W], positive multiples of 8 within"),
+        ("args.saturated_weight=-1", "args.saturated_weight: expected a weight >= 0"),
         ("args.frames_per_step=-1", "frames_per_step: expected non-negative counts, at least one item per step"),
         ("args.video_size=[60,96]", "args.video_size: expected [H, W], positive multiples of 8"),
         ("args.eval_videos=10", "10 readable videos, need more than args.eval_videos = 10"),
@@ -190,3 +191,25 @@ def test_window_crops_are_regions_of_training_windows(world):
             if np.array_equal(videos[n, t : t + 5, y : y + 32, x : x + 48], crop)
         ]
         assert hits
+
+
+def test_saturated_pixels_weigh_more():
+    """args.saturated_weight: the L1 and MSE terms weigh pixels above SATURATED by 1 + w, computed here by hand
+    on a frame of grey with one saturated red pixel; w = 0 is the plain mean."""
+    from kaleido.vae_training import SATURATED, reconstruction_loss, saturation
+
+    torch.manual_seed(0)
+    vae = WanVAE(dim=4, z_dim=4, dtype="float32", norm_constants="float32").eval()
+    frame = np.full((1, 1, 16, 16, 3), 120, np.uint8)
+    frame[0, 0, 5, 7] = (220, 20, 20)
+    pixels = to_pixels(frame)
+    assert saturation(pixels)[0, 0, 0, 5, 7] > SATURATED > saturation(pixels)[0, 0, 0, 0, 0]
+    with torch.no_grad():
+        out = vae.decode_raw(vae.posterior(pixels)[0])
+        error = out - pixels
+        weight = torch.ones_like(pixels[:, :1])
+        weight[0, 0, 0, 5, 7] = 4.0
+        for w, expected in ((0.0, torch.ones_like(weight)), (3.0, weight)):
+            _, parts = reconstruction_loss(vae, pixels, 0.0, 1.0, posterior_noise=False, saturated_weight=w)
+            assert parts["l1"] == pytest.approx((expected * error.abs()).mean().item(), rel=1e-5)
+            assert parts["mse"] == pytest.approx((expected * error.square()).mean().item(), rel=1e-5)
