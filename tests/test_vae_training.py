@@ -32,6 +32,11 @@ def _run(world, save, *extra) -> int:
             "args.eval_videos=2",
             "args.clips_per_step=1",
             "args.references_per_step=1",
+            "args.frames_per_step=0",
+            "args.clip_crop=[]",
+            # Weighted, the loss's scale follows each batch's share of subject pixels, so a 30-step trend would be
+            # noise; the weighting has a test of its own.
+            "args.saturated_weight=0",
             "args.log_interval=1",
             "args.eval_interval=100",
             "args.save_interval=5",
@@ -213,3 +218,25 @@ def test_saturated_pixels_weigh_more():
             _, parts = reconstruction_loss(vae, pixels, 0.0, 1.0, posterior_noise=False, saturated_weight=w)
             assert parts["l1"] == pytest.approx((expected * error.abs()).mean().item(), rel=1e-5)
             assert parts["mse"] == pytest.approx((expected * error.square()).mean().item(), rel=1e-5)
+
+
+def test_evaluate_reports_the_subjects_apart():
+    """A stand-in VAE that returns the video 2 levels too bright on grey pixels and 8 on saturated ones: the whole
+    PSNR and the subjects' PSNR follow by hand."""
+    from kaleido.vae_training import evaluate, saturation
+
+    video = np.full((1, 5, 16, 16, 3), 120, np.uint8)
+    video[0, :, 4:8, 4:8] = (200, 30, 30)
+
+    class Shift:
+        def encode(self, pixels, normalize):
+            return pixels
+
+        def decode(self, pixels, normalized):
+            subject = saturation(pixels) > 0.4
+            return pixels + torch.where(subject, 8.0, 2.0) / 127.5
+
+    whole, subjects = evaluate(Shift(), video, torch.device("cpu"))
+    share = 16 / 256  # subject pixels per frame
+    assert subjects == pytest.approx(10 * np.log10(255**2 / 64), abs=1e-4)
+    assert whole == pytest.approx(10 * np.log10(255**2 / (share * 64 + (1 - share) * 4)), abs=1e-4)
