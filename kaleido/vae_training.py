@@ -3,7 +3,8 @@
 The network is `sgm.vae.WanVAE` with the config's widths. Each step reconstructs `clips_per_step` windows of
 `clip_frames` consecutive video frames (a window is encoded as a clip of its own: its first frame alone, then
 groups of 4, as the causal VAE sees any video), `references_per_step` reference images (one frame each, as the
-DiT's references are encoded) and `frames_per_step` single video frames, with an L1 + MSE pixel loss on a sample of the posterior and a small KL term.
+DiT's references are encoded) and `frames_per_step` single video frames, with an L1 + MSE pixel loss on a sample
+of the posterior and a small KL term.
 The last `eval_videos` videos of the scan are held back: reconstruction PSNR is measured on them (whole clips,
 through `encode`/`decode` and uint8 rounding, as sampling writes videos). Train on windows as long as the videos
 the model will make: windows of 5 frames never train the caches that carry a third latent frame and beyond, and a
@@ -228,18 +229,17 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
 def evaluate(vae: WanVAE, videos: np.ndarray, device: torch.device) -> tuple[float, float]:
     """Whole videos through encode -> decode -> uint8, as sampling writes them: (mean PSNR per video, PSNR of the
     saturated pixels of all videos together — the subjects, which the whole-frame number hardly sees), in dB."""
-    values, subject_errors = [], []
+    values, subject_truth, subject_out = [], [], []
     for video in videos:
         pixels = to_pixels(video[None]).to(device)
         out = files.video_to_uint8(vae.decode(vae.encode(pixels, normalize=False), normalized=False)[0].cpu())
         values.append(psnr(video, out))
         subject = (saturation(pixels)[0, 0] > SATURATED).cpu().numpy()  # (T, H, W)
-        subject_errors.append((video[subject].astype(np.float64) - out[subject].astype(np.float64)) ** 2)
-    errors = np.concatenate([e.ravel() for e in subject_errors])
-    if errors.size == 0:
-        return float(np.mean(values)), float("nan")  # no saturated pixel in the held-back videos
-    mse = errors.mean()
-    return float(np.mean(values)), float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+        subject_truth.append(video[subject])
+        subject_out.append(out[subject])
+    truth = np.concatenate(subject_truth)
+    subject_psnr = psnr(truth, np.concatenate(subject_out)) if truth.size else float("nan")  # nan: no subject
+    return float(np.mean(values)), subject_psnr
 
 
 @torch.no_grad()
