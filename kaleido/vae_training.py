@@ -46,7 +46,7 @@ from kaleido.data import (
 )
 from sat.config import Config
 from sgm.util import instantiate_from_config
-from sgm.vae import ResidualBlock, WanVAE
+from sgm.vae import CausalConv3d, Resample, ResidualBlock, WanVAE
 
 log = logging.getLogger("kaleido.vae_training")
 
@@ -88,6 +88,15 @@ class VAETrainArgs:
     # few dozen steps (its output stops depending on the input and the encoder gets no gradient); from the identity
     # the latent reaches the output from step one (docs/toy_model.md).
     zero_init_residual: bool = True
+    # Start the video path as the image path (docs/toy_model.md): every causal conv weighs only the current frame
+    # (its taps on earlier frames zeroed), the encoder's temporal downsampling keeps the later frame of each pair and
+    # the decoder's temporal upsampling repeats its frame. A one-frame chunk only ever uses the current-frame taps,
+    # so this changes nothing for images; a clip then starts as its frames 0, 4, 8, ... encoded as images and each
+    # held for 4 frames, and the temporal taps learn motion from there instead of from noise.
+    inflate_time: bool = True
+    # Steps at the start without clips (images only: single frames and references, a fraction of the cost): the
+    # spatial code is learnt first where it is cheap; with inflate_time the clips then start from it.
+    image_steps: int = 0
     # Pixel weight of saturated pixels (HSV saturation > SATURATED, in the target) on top of 1: subjects in the toy
     # world are saturated and small against greyish backgrounds, and an unweighted loss is spent on the background
     # (docs/toy_model.md). 0 = every pixel alike.
@@ -126,6 +135,12 @@ class VAETrainArgs:
                 "clips_per_step, references_per_step, frames_per_step: expected non-negative counts, at least one item "
                 f"per step; got {list(counts)}"
             )
+        if not 0 <= self.image_steps < self.steps:
+            raise ValueError(f"image_steps: expected 0 <= image_steps < steps = {self.steps}, got {self.image_steps}")
+        if self.image_steps and not (self.references_per_step or self.frames_per_step):
+            raise ValueError(
+                "image_steps: the image-only steps need references_per_step or frames_per_step > 0, both are 0"
+            )
         if self.saturated_weight < 0:
             raise ValueError(f"saturated_weight: expected a weight >= 0, got {self.saturated_weight}")
         if self.eval_videos < 1:
@@ -148,6 +163,28 @@ def zero_residual_branches(vae: WanVAE) -> None:
             last = module.residual[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+
+
+@torch.no_grad()
+def inflate_time(vae: WanVAE) -> None:
+    """Make each chunk of 4 frames encode and decode as its last frame alone (VAETrainArgs.inflate_time)."""
+    time_convs = set()
+    for module in vae.modules():
+        if isinstance(module, Resample) and hasattr(module, "time_conv"):
+            conv = module.time_conv
+            time_convs.add(conv)
+            weight = conv.weight  # (out, in, 3, 1, 1); tap 2 is the window's last frame
+            weight.zero_()
+            conv.bias.zero_()
+            eye = torch.eye(weight.shape[1], dtype=weight.dtype)
+            if module.mode == "downsample3d":  # windows [x(2τ-1), x(2τ), x(2τ+1)]: keep x(2τ+1)
+                weight[:, :, -1, 0, 0] = eye
+            else:  # upsample3d: channel halves become frames 2τ and 2τ+1, both the input frame
+                weight[: len(eye), :, -1, 0, 0] = eye
+                weight[len(eye) :, :, -1, 0, 0] = eye
+    for module in vae.modules():
+        if isinstance(module, CausalConv3d) and module not in time_convs and module.weight.shape[2] > 1:
+            module.weight[:, :, :-1] = 0.0  # causal padding puts the current frame on the last tap
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -260,12 +297,12 @@ def latent_statistics(vae: WanVAE, frames: Frames, device: torch.device, limit: 
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
-def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator) -> list[torch.Tensor]:
-    """The step's inputs: a (B, 3, clip_frames, H, W) batch of windows (H, W = clip_crop when given), a
-    (B, 3, 1, H, W) batch of references and
-    one of single video frames (each only when its count is non-zero)."""
+def _batch(frames: Frames, args: VAETrainArgs, rng: np.random.Generator, step: int) -> list[torch.Tensor]:
+    """The inputs of step `step` (0-based): a (B, 3, clip_frames, H, W) batch of windows (H, W = clip_crop when
+    given; none before args.image_steps), a (B, 3, 1, H, W) batch of references and one of single video frames
+    (each only when its count is non-zero)."""
     batches = []
-    if args.clips_per_step:
+    if args.clips_per_step and step >= args.image_steps:
         n, t = frames.train_videos.shape[:2]
         picks = rng.integers(0, n, args.clips_per_step)
         starts = rng.integers(0, t - args.clip_frames + 1, args.clips_per_step)
@@ -309,6 +346,8 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
         raise DatasetError(f"model.first_stage_config.target: expected sgm.vae.WanVAE, got {node['target']}")
     if args.zero_init_residual:
         zero_residual_branches(vae)
+    if args.inflate_time:
+        inflate_time(vae)
     vae.to(device).train()
     frames = load_frames(args)
     log.info(
@@ -340,7 +379,7 @@ def train_vae(config: Config, args: VAETrainArgs, device: torch.device) -> dict:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         terms: dict[str, float] = {}
-        for pixels in _batch(frames, args, rng):
+        for pixels in _batch(frames, args, rng, step):
             loss, parts = reconstruction_loss(
                 vae, pixels.to(device), args.kl_weight, args.mse_weight, args.posterior_noise, args.saturated_weight
             )

@@ -37,6 +37,7 @@ def _run(world, save, *extra) -> int:
             # Weighted, the loss's scale follows each batch's share of subject pixels, so a 30-step trend would be
             # noise; the weighting has a test of its own.
             "args.saturated_weight=0",
+            "args.image_steps=0",
             "args.log_interval=1",
             "args.eval_interval=100",
             "args.save_interval=5",
@@ -105,6 +106,7 @@ def test_resume_continues_exactly(world, tmp_path, capsys):
         ("args.clip_frames=4", "args.clip_frames: expected 4k + 1"),
         ("args.clip_crop=[36,48]", "args.clip_crop: expected [] or [H, W], positive multiples of 8 within"),
         ("args.saturated_weight=-1", "args.saturated_weight: expected a weight >= 0"),
+        ("args.image_steps=3000", "args.image_steps: expected 0 <= image_steps < steps = 3000"),
         ("args.frames_per_step=-1", "frames_per_step: expected non-negative counts, at least one item per step"),
         ("args.video_size=[60,96]", "args.video_size: expected [H, W], positive multiples of 8"),
         ("args.eval_videos=10", "10 readable videos, need more than args.eval_videos = 10"),
@@ -143,7 +145,7 @@ def test_a_step_batches_windows_references_and_single_frames(world):
         frames_per_step=4,
     )
     frames = load_frames(args)
-    windows, references, singles = _batch(frames, args, np.random.default_rng(0))
+    windows, references, singles = _batch(frames, args, np.random.default_rng(0), 0)
     assert windows.shape == (2, 3, 5, 64, 96) and references.shape == (3, 3, 1, 64, 96)
     assert singles.shape == (4, 3, 1, 64, 96)
     pool = {to_pixels(frame[None]).numpy().tobytes() for video in frames.train_videos for frame in video}
@@ -171,6 +173,50 @@ def test_zero_init_starts_every_residual_block_as_its_shortcut():
     assert changed and all(".residual.6." in k for k in changed), changed
 
 
+def test_image_steps_leave_the_clips_out_until_then(world):
+    from kaleido.vae_training import _batch
+
+    args = VAETrainArgs(
+        train_data=[str(world)], eval_videos=2, clip_frames=5, references_per_step=1, frames_per_step=2, image_steps=3
+    )
+    frames = load_frames(args)
+    rng = np.random.default_rng(0)
+    assert [len(_batch(frames, args, rng, step)) for step in range(5)] == [2, 2, 2, 3, 3]
+    assert _batch(frames, args, rng, 3)[0].shape[2] == 5  # the window comes first
+
+
+@pytest.mark.parametrize("dim_mult", [[1, 2, 4, 4], [1, 2, 4]])
+def test_inflated_time_codes_each_chunk_as_its_last_frame(dim_mult):
+    """args.inflate_time: a video's latent frame τ ≥ 1 is its frame 4τ encoded alone, each decodes to 4 copies of
+    that latent decoded alone, and one-frame chunks (images, frame 0) code exactly as before."""
+    from kaleido.vae_training import inflate_time
+
+    torch.manual_seed(0)
+    vae = WanVAE(
+        dim=4,
+        z_dim=4,
+        dim_mult=dim_mult,
+        temporal_downsample=[False, True, True][-len(dim_mult) + 1 :],
+        dtype="float32",
+        norm_constants="float32",
+    )
+    video = torch.rand(1, 3, 9, 16, 32) * 2 - 1
+    with torch.no_grad():
+        image_before = vae.decode(vae.encode(video[:, :, :1], normalize=False), normalized=False)
+        video_before = vae.decode(vae.encode(video, normalize=False), normalized=False)
+        inflate_time(vae)
+        assert torch.equal(vae.decode(vae.encode(video[:, :, :1], normalize=False), normalized=False), image_before)
+        latent = vae.encode(video, normalize=False)
+        decoded = vae.decode(latent, normalized=False)
+        assert not torch.allclose(decoded, video_before, atol=1e-3)  # the random temporal taps are gone
+        for tau in (1, 2):
+            alone = vae.encode(video[:, :, 4 * tau : 4 * tau + 1], normalize=False)[:, :, 0]
+            torch.testing.assert_close(latent[:, :, tau], alone, rtol=0, atol=1e-4)
+            single = vae.decode(latent[:, :, tau : tau + 1], normalized=False)[:, :, 0]
+            for frame in range(4 * tau - 3, 4 * tau + 1):
+                torch.testing.assert_close(decoded[:, :, frame], single, rtol=0, atol=1e-4)
+
+
 def test_window_crops_are_regions_of_training_windows(world):
     from kaleido.vae_training import _batch
 
@@ -183,7 +229,7 @@ def test_window_crops_are_regions_of_training_windows(world):
         references_per_step=0,
     )
     frames = load_frames(args)
-    (windows,) = _batch(frames, args, np.random.default_rng(1))
+    (windows,) = _batch(frames, args, np.random.default_rng(1), 0)
     assert windows.shape == (3, 3, 5, 32, 48)
     videos = frames.train_videos  # (N, T, H, W, 3) uint8; to_pixels is exact, so compare in uint8
     for window in windows:
