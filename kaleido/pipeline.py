@@ -91,7 +91,8 @@ class SampleArgs:
         size = self.sampling_image_size
         if len(size) != 2 or any(s <= 0 or s % 16 for s in size):
             raise ValueError(
-                f"sampling_image_size: expected [height, width], positive multiples of 16 (8× VAE, 2× patch); got {size}"
+                f"sampling_image_size: expected [height, width], positive multiples of 16 (the release's "
+                f"VAE stride 8 × patch 2); got {size}"
             )
         for key in ("sampling_latent_frames", "sampling_fps", "batch_size"):
             if getattr(self, key) < 1:

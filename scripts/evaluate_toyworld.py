@@ -2,10 +2,10 @@
 world's detector (kaleido/toyworld/evaluate.py has the metric definitions).
 
     python scripts/evaluate_toyworld.py --base MODEL.yaml SAMPLE.yaml [key=value ...] --out OUT
-        [--prompts 120] [--seed 1000] [--style world|drawn] [--plain-only] [--score-only]
+        [--prompts 120] [--seed 1000] [--style world|drawn] [--plain-only] [--level full|simple] [--score-only]
 
-OUT/set/ holds the prompts (prompts.txt, refs/, eval_set.json; kept when it exists with the same count, seed and
-style), OUT/videos/ the sample_video.py outputs (lines already done are skipped, so a stopped run resumes),
+OUT/set/ holds the prompts (prompts.txt, refs/, eval_set.json; kept when it exists with the same count, seed,
+style and level), OUT/videos/ the sample_video.py outputs (lines already done are skipped, so a stopped run resumes),
 OUT/scores.jsonl one record per prompt and OUT/summary.json the means with 95 % bootstrap intervals. Sampling
 settings come from the configs and overrides exactly as for sample_video.py (seed: args.seed, the same for every
 prompt). `--score-only` scores existing videos. Exit status 0, or 2 with one `error: ...` line.
@@ -26,6 +26,7 @@ import sample_video  # noqa: E402 (after the sys.path line)
 from kaleido import files  # noqa: E402
 from kaleido.toyworld.detector import Detector  # noqa: E402
 from kaleido.toyworld.evaluate import METRICS, STYLES, load_eval_set, make_eval_set, score_video, summarize  # noqa: E402
+from kaleido.toyworld.world import LEVELS  # noqa: E402
 from kaleido.toyworld.writer import read_video  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def evaluate(out: Path, detector: Detector | None = None) -> tuple[list[dict], d
         "prompts": len(scores),
         "style": info["style"],
         "plain_only": info.get("plain_only", False),
+        "level": info.get("level", "full"),
         "seed": info["seed"],
         "metrics": summarize(scores),
     }
@@ -58,7 +60,7 @@ def evaluate(out: Path, detector: Detector | None = None) -> tuple[list[dict], d
 
 
 def format_summary(summary: dict) -> str:
-    rows = [f"{summary['prompts']} prompts ({summary['style']} references)"]
+    rows = [f"{summary['prompts']} prompts ({summary['style']} references, {summary.get('level', 'full')} world)"]
     for metric in (*METRICS, "reference_recall_1ref", "reference_recall_2ref", "reference_recall_3ref"):
         m = summary["metrics"][metric]
         if m["mean"] is None:
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plain-only", action="store_true", help="plain identities only (as --style drawn): the same clips as drawn"
     )
+    parser.add_argument("--level", choices=tuple(LEVELS), default="full", help="the world's level (as trained)")
     parser.add_argument("--score-only", action="store_true", help="score the videos already in OUT/videos")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="sampling overrides, applied last")
     cli = parser.parse_args(argv)
@@ -86,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_dir = cli.out / "set"
     plain_only = cli.plain_only or cli.style == "drawn"
-    wanted = {"count": cli.prompts, "seed": cli.seed, "style": cli.style, "plain_only": plain_only}
+    wanted = {"count": cli.prompts, "seed": cli.seed, "style": cli.style, "plain_only": plain_only, "level": cli.level}
     try:
         existing = load_eval_set(set_dir) if (set_dir / "eval_set.json").is_file() else None
         if existing is None or any(existing.get(k) != v for k, v in wanted.items()):
             if cli.score_only:
                 raise ValueError(f"{set_dir}: no evaluation set with {wanted} to score")
-            make_eval_set(set_dir, cli.prompts, cli.seed, cli.style, plain_only=plain_only)
+            make_eval_set(set_dir, cli.prompts, cli.seed, cli.style, plain_only=plain_only, level=cli.level)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """Write a toy-world dataset (docs/toyworld.md) in the official SFT layout, plus meta/<id>.json ground truth.
 
     python scripts/make_toyworld.py OUT --samples N [--seed S] [--split train|eval] [--size H W] [--frames F]
-        [--subjects MIN MAX] [--overwrite]
+        [--subjects MIN MAX] [--level full|simple] [--overwrite]
 
-"train" draws only training identities, "eval" only held-out ones (kaleido/toyworld/catalogue.py). The folder
+"train" draws only training identities, "eval" only held-out ones (kaleido/toyworld/catalogue.py); `--level
+simple` only plain, large subjects (kaleido/toyworld/world.py, 'Levels'). The folder
 is built under a temporary name and renamed when complete. Bad arguments print one line `error: ...`, exit 2.
 """
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido.toyworld.world import WorldConfig  # noqa: E402 (after the sys.path line)
+from kaleido.toyworld.world import LEVELS, WorldConfig  # noqa: E402 (after the sys.path line)
 from kaleido.toyworld.writer import write_dataset  # noqa: E402 (after the sys.path line)
 
 
@@ -32,11 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--subjects", type=int, nargs=2, metavar=("MIN", "MAX"), default=[1, 3])
+    parser.add_argument("--level", choices=tuple(LEVELS), default="full", help="how hard the world is")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        config = WorldConfig(size=tuple(args.size), frames=args.frames, fps=args.fps, subjects=tuple(args.subjects))
+        config = WorldConfig.level(
+            args.level, size=tuple(args.size), frames=args.frames, fps=args.fps, subjects=tuple(args.subjects)
+        )
         write_dataset(args.out, args.samples, seed=args.seed, split=args.split, config=config, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

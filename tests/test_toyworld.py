@@ -173,6 +173,23 @@ def test_detector_sees_a_square_drawn_without_the_renderer(detector):
     assert 40 <= found[0].centre[0] <= 50 and 33 <= found[0].centre[1] <= 43
 
 
+def test_simple_level_draws_plain_large_subjects_of_the_split(tmp_path):
+    simple = WorldConfig.level("simple", frames=2)
+    assert WorldConfig.from_dict(simple.to_dict()) == simple
+    held = {i.name for i in held_out_identities()}
+    seen = set()
+    for seed in range(40):
+        for subject in sample_clip(simple, training_identities(), seed).subjects:
+            assert subject.identity.pattern == "plain" and subject.identity.name not in held
+            assert all(0.5 <= s <= 0.6 for s in subject.scales)
+            seen.add(subject.identity.name)
+    assert len(seen) >= 15  # the level narrows the patterns, not the shapes and colours
+    assert make_toyworld.main([str(tmp_path / "s"), "--samples", "2", "--frames", "5", "--level", "simple"]) == 0
+    for meta in (tmp_path / "s" / "meta").glob("*.json"):
+        assert all(s["identity"].endswith("_plain") for s in json.loads(meta.read_text())["subjects"])
+    assert json.loads((tmp_path / "s" / "toyworld.json").read_text())["config"]["patterns"] == ["plain"]
+
+
 def test_bad_config_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="^subjects: "):
         WorldConfig(subjects=(1, 4))
@@ -180,6 +197,10 @@ def test_bad_config_is_one_clear_error(tmp_path, capsys):
         WorldConfig(size=(64, 20))
     with pytest.raises(ValueError, match="^scale: "):
         WorldConfig(scale=(0.3, 0.9))
+    with pytest.raises(ValueError, match="^patterns: "):
+        WorldConfig(patterns=("plain", "zigzag"))
+    with pytest.raises(ValueError, match="^level: "):
+        WorldConfig.level("hard")
     with pytest.raises(ValueError, match="unknown key 'colour'"):
         WorldConfig.from_dict({"colour": "red"})
     with pytest.raises(ValueError, match="^split: "):

@@ -61,6 +61,16 @@ def test_world_renders_score_near_the_ceiling(eval_set, tmp_path):
     assert summary["attribute_confusion"]["mean"] <= 0.02  # the detector misreads a pattern now and then
 
 
+def test_simple_level_eval_set(tmp_path):
+    make_eval_set(tmp_path / "simple", 3, seed=7, level="simple")
+    info = load_eval_set(tmp_path / "simple")
+    assert info["level"] == "simple"
+    names = [name for record in info["prompts"] for name in record["identities"]]
+    assert len(names) == 6 and all(identity(n).held_out and identity(n).pattern == "plain" for n in names)
+    with pytest.raises(ValueError, match="^level: "):
+        make_eval_set(tmp_path / "bad", 1, level="hard")
+
+
 def test_pasted_reference_and_blank_video(eval_set):
     folder, _, info = eval_set
     record = info["prompts"][0]

@@ -24,6 +24,7 @@ Summaries are means over prompts with a 95 % bootstrap interval (resampling prom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -89,16 +90,24 @@ def _drawn_reference(ident: Identity, size: tuple[int, int], rotation: float, sc
 
 
 def make_eval_set(
-    out: Path, count: int, seed: int = 1000, style: str = "world", prefix: str | None = None, plain_only: bool = False
+    out: Path,
+    count: int,
+    seed: int = 1000,
+    style: str = "world",
+    prefix: str | None = None,
+    plain_only: bool = False,
+    level: str = "full",
 ) -> list[EvalPrompt]:
     """Write `count` held-out prompts to out/prompts.txt (+ out/refs/*.png, out/eval_set.json); return them.
     The prompt file names the images `<prefix>/refs/...` (default: `out`), relative to the working directory.
     `plain_only` (implied by style 'drawn') draws from the plain held-out identities only, so that the two styles
-    with one seed give the same clips and differ only in how the references are drawn."""
+    with one seed give the same clips and differ only in how the references are drawn. `level` is the world's
+    (kaleido.toyworld.world.LEVELS): evaluate a model on the level it was trained on."""
     if style not in STYLES:
         raise ValueError(f"style: expected one of {list(STYLES)}, got {style!r}")
     if count < 1:
         raise ValueError(f"count: expected at least 1 prompt, got {count}")
+    world = WorldConfig.level(level)  # ValueError for an unknown level
     pool = held_out_identities()
     plain_only = plain_only or style == "drawn"
     if plain_only:
@@ -108,7 +117,7 @@ def make_eval_set(
     prompts, records = [], []
     for i in range(count):
         k = 1 + i % 3
-        clip = sample_clip(WorldConfig(subjects=(k, k)), pool, clip_seed(seed, i))
+        clip = sample_clip(dataclasses.replace(world, subjects=(k, k)), pool, clip_seed(seed, i))
         names = []
         for j, subject in enumerate(clip.subjects):
             size = clip.config.reference_size
@@ -141,7 +150,7 @@ def make_eval_set(
             }
         )
     (out / "prompts.txt").write_text("".join(p.line() + "\n" for p in prompts), encoding="utf-8")
-    info = {"count": count, "seed": seed, "style": style, "plain_only": plain_only, "prompts": records}
+    info = {"count": count, "seed": seed, "style": style, "plain_only": plain_only, "level": level, "prompts": records}
     (out / "eval_set.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
     return prompts
 

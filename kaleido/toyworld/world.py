@@ -27,6 +27,10 @@ Ground truth per subject and frame (`render_clip`): centre (x, y) in pixels, sca
 rotation (degrees), visible fraction (visible pixels / the area the whole subject would have: covering by nearer
 subjects and leaving the frame both reduce it) and the box (x0, y0, x1, y1) of its visible pixels (None when
 hidden).
+
+Levels (`WorldConfig.level`): "full" is the whole world; "simple" draws only plain subjects (flat colours, no
+surface pattern) at 0.5-0.6 of the height, the world's first stage of difficulty. The catalogue and its held-out
+split stay the same; a level only narrows which identities and sizes clips draw.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kaleido.toyworld.catalogue import COLOURS, Identity
+from kaleido.toyworld.catalogue import COLOURS, PATTERNS, Identity
 from kaleido.toyworld.render import Pose, draw_subject, full_area, to_uint8
 
 TRAJECTORIES = ("linear", "bouncing", "circular")
@@ -50,13 +54,15 @@ SCALE_CHANGE = 0.15  # a relative size change from this on is said in the captio
 SCALE = (0.36, 0.46)  # default subject size (diameter of the outline's circle) as a fraction of the height
 EDGE_MARGIN = 0.85  # a subject's centre stays this many radii from every edge (little is ever cut off)
 COVERED_FOR_CAPTION = 0.15  # "passes in front of" when a subject covers this fraction of another in some frame
+LEVELS = {"full": {}, "simple": {"patterns": ("plain",), "scale": (0.5, 0.6)}}  # WorldConfig settings per level
 
 
 @dataclass(frozen=True)
 class WorldConfig:
     """What clips look like. `size` (H, W) in pixels, `frames` per clip at `fps`, `subjects` = (min, max) per clip,
     `trajectories` = the kinds drawn from, `scale` = (min, max) subject size as a fraction of the height,
-    `reference_size` (H, W) of the reference images."""
+    `reference_size` (H, W) of the reference images, `patterns` = the surface patterns subjects are drawn with
+    (identities of other patterns are left out of the pool)."""
 
     size: tuple[int, int] = (64, 96)
     frames: int = 17
@@ -65,6 +71,7 @@ class WorldConfig:
     trajectories: tuple[str, ...] = TRAJECTORIES
     scale: tuple[float, float] = SCALE
     reference_size: tuple[int, int] = (96, 96)
+    patterns: tuple[str, ...] = PATTERNS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(self.size))
@@ -72,6 +79,7 @@ class WorldConfig:
         object.__setattr__(self, "trajectories", tuple(self.trajectories))
         object.__setattr__(self, "scale", tuple(self.scale))
         object.__setattr__(self, "reference_size", tuple(self.reference_size))
+        object.__setattr__(self, "patterns", tuple(self.patterns))
         self.check()
 
     def check(self) -> None:
@@ -103,6 +111,16 @@ class WorldConfig:
         ref_h, ref_w = _pair("reference_size", self.reference_size, int)
         if ref_h < 16 or ref_w < 16:
             raise ValueError(f"reference_size: expected (H, W) of at least 16 pixels each, got {self.reference_size}")
+        unknown = [p for p in self.patterns if p not in PATTERNS]
+        if not self.patterns or unknown:
+            raise ValueError(f"patterns: expected a non-empty subset of {list(PATTERNS)}, got {list(self.patterns)}")
+
+    @classmethod
+    def level(cls, name: str, **settings) -> WorldConfig:
+        """The config of a named level (LEVELS), with `settings` on top (e.g. size, subjects)."""
+        if name not in LEVELS:
+            raise ValueError(f"level: expected one of {list(LEVELS)}, got {name!r}")
+        return cls(**{**LEVELS[name], **settings})
 
     @classmethod
     def from_dict(cls, values: dict) -> WorldConfig:
@@ -162,7 +180,7 @@ def sample_clip(config: WorldConfig, identities: tuple[Identity, ...] | list[Ide
     """Draw one clip from `identities` (e.g. catalogue.training_identities()), deterministic by `seed`."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(config.subjects[0], config.subjects[1] + 1))
-    chosen = choose_identities(identities, n, rng)
+    chosen = choose_identities([i for i in identities if i.pattern in config.patterns], n, rng)
     depths = rng.permutation(n)
     subjects = tuple(_sample_subject(config, chosen[k], int(depths[k]), rng) for k in range(n))
     background = _sample_background(rng)
