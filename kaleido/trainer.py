@@ -37,6 +37,7 @@ from kaleido.training import REFERENCE_ENCODINGS, TrainingObjective, sample_load
 from sat import parallel, training
 from sat.config import Config, ConfigError
 from sat.parallel import launched_world, resolve_device
+from sgm.loss import RFLoss
 from sgm.util import instantiate_from_config, parse_dtype, seeded_random_init_
 
 log = logging.getLogger("kaleido.train")
@@ -67,6 +68,11 @@ class TrainArgs:
     frame_sampling: str = "resample"  # TR2: 'resample' (16 fps) or 'official' (integer stride)
     reference_encoding: str = "separate"  # TR1: 'separate' or 'stacked_first' (official)
     text_dropout: float = 0.1
+    # Noise levels of the loss: null = the release's shift e^μ with μ from the latent's spatial size; a number s =
+    # a fixed shift σ -> s·σ / (1 + (s − 1)·σ), e.g. the sampler's. A small latent keeps its layout readable at
+    # high σ, so the release's small shift there rarely trains the noise levels where sampling starts
+    # (docs/toy_model.md).
+    sigma_shift: float | None = None
     num_workers: int = 2
     text_encoder_device: str = "same"  # 'same' (the training GPU) or 'cpu': frees 11.4 GB per GPU, slower encoding
     engine: str = "deepspeed"  # 'deepspeed' or 'fsdp2'
@@ -132,6 +138,8 @@ class TrainArgs:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.text_dropout < 1:
             raise ValueError(f"text_dropout: expected a probability in [0, 1), got {self.text_dropout}")
+        if self.sigma_shift is not None and (isinstance(self.sigma_shift, bool) or not self.sigma_shift > 0):
+            raise ValueError(f"sigma_shift: expected null or a positive shift factor, got {self.sigma_shift!r}")
         if self.resume_from is not None and (self.resume_from < 0 or not self.resume):
             raise ValueError(
                 f"resume_from: expected an iteration >= 0 with args.resume=true, got {self.resume_from} "
@@ -283,6 +291,7 @@ class Trainer:
             args.text_dropout,
             args.reference_encoding,
             args.seed,
+            loss=RFLoss(fixed_shift=args.sigma_shift),
             device=self.device,
             empty_context=self.dataset.empty_context if cached else None,
         )

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_DEMO_SEED = 2026
+TOY_LEVEL = "simple"
 
 
 def draw_ball(size=(96, 128)) -> Image.Image:
@@ -73,8 +74,9 @@ def main(out_dir: Path) -> None:
     (out_dir / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     build_tiny_tokenizer(out_dir / "tiny_umt5_tokenizer")
     write_tiny_dataset(out_dir / "tiny_dataset")  # the fine-tuning demo (configs/training/train_tiny.yaml)
-    # The toy model's demo (configs/sampling/sample_toy.yaml): held-out toys with 1, 2 and 3 references.
-    make_eval_set(out_dir / "toy", 3, seed=TOY_DEMO_SEED, prefix="examples/toy")
+    # The toy model's demo (configs/sampling/sample_toy.yaml): held-out toys with 1, 2 and 3 references, from the
+    # world's level the toy model is trained on (docs/toy_model.md).
+    make_eval_set(out_dir / "toy", 3, seed=TOY_DEMO_SEED, prefix="examples/toy", level=TOY_LEVEL)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 world with the same budget, evaluate each on the same held-out prompts, and collect the table.
 
     python scripts/run_ablation.py --out runs/ablation [--variants a_released b_no_spatial_offset ...]
-        [--seeds a_released=1,2 b_no_spatial_offset=1,2] [--iters 3000] [--prompts 120] [--collect-only]
+        [--seeds a_released=1,2 b_no_spatial_offset=1,2] [--iters 3000] [--prompts 120] [--level simple]
+        [--collect-only]
 
 Each run is `train_video_concat.py --base configs/video_model/dit_crossattn_toy.yaml configs/training/train_toy.yaml
 configs/ablation/<variant>.yaml args.seed=<seed> args.train_iters=<iters> args.save=OUT/<variant>_s<seed>`, then
-`scripts/convert_checkpoint.py to-safetensors` and `scripts/evaluate_toyworld.py` into OUT/<variant>_s<seed>/eval.
+`scripts/convert_checkpoint.py to-safetensors` and `scripts/evaluate_toyworld.py --level <level>` (the world's level
+of train_toy.yaml's data) into OUT/<variant>_s<seed>/eval.
 Everything resumes: training from its `latest`, evaluation from its finished videos, and a finished run (its
 eval/summary.json exists) is skipped. `--collect-only` writes OUT/results.json from what is finished.
 """
@@ -20,6 +22,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from kaleido.toyworld.world import LEVELS  # noqa: E402 (after the sys.path line)
+
 MODEL = "configs/video_model/dit_crossattn_toy.yaml"
 TRAIN = "configs/training/train_toy.yaml"
 SAMPLE = "configs/sampling/sample_toy.yaml"
@@ -36,7 +43,7 @@ def step(command: list[str]) -> None:
     subprocess.run(command, cwd=REPO, check=True)
 
 
-def train_and_evaluate(out: Path, variant: str, seed: int, iters: int, prompts: int) -> None:
+def train_and_evaluate(out: Path, variant: str, seed: int, iters: int, prompts: int, level: str = "simple") -> None:
     folder = run_dir(out, variant, seed)
     if (folder / "eval" / "summary.json").is_file():
         return
@@ -71,6 +78,8 @@ def train_and_evaluate(out: Path, variant: str, seed: int, iters: int, prompts: 
             str(folder / "eval"),
             "--prompts",
             str(prompts),
+            "--level",
+            level,
             f"args.load={weights}",
         ]
     )
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", default=[], help="<variant>=<seed>,...; default 1,2 for a and b, else 1")
     parser.add_argument("--iters", type=int, default=3000, help="optimizer steps per run (the same for every run)")
     parser.add_argument("--prompts", type=int, default=120)
+    parser.add_argument("--level", choices=tuple(LEVELS), default="simple", help="the world's level of the data")
     parser.add_argument("--collect-only", action="store_true")
     cli = parser.parse_args(argv)
     try:
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cli.collect_only:
         for variant in cli.variants:
             for seed in seeds.get(variant, (1,)):
-                train_and_evaluate(cli.out, variant, seed, cli.iters, cli.prompts)
+                train_and_evaluate(cli.out, variant, seed, cli.iters, cli.prompts, cli.level)
     results = collect(cli.out)
     print(json.dumps({v: sorted(s) for v, s in results.items()}))
     return 0

@@ -1,12 +1,14 @@
 """Rectified-flow training loss (docs/design/training.md).
 
-σ = shift(sigmoid(n)), n ~ N(p_mean, p_std), shifted by e^μ with μ from the spatial latent size;
+σ = shift(sigmoid(n)), n ~ N(p_mean, p_std), shifted by e^μ with μ from the spatial latent size (the release) or
+by a fixed factor s (`fixed_shift`: σ -> s·σ / (1 + (s − 1)·σ), the sampler's shift);
 x_σ = (1 − σ)·x₀ + σ·ε; the network predicts v̂ at time 1000·σ with clean references; the loss is the per-sample
 mean of (v̂ − (ε − x₀))². References never enter the loss: the DiT drops their tokens before its head.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,12 +18,20 @@ from sgm.schedules import resolution_shift_mu, shift_sigma_exp
 
 class RFLoss:
     def __init__(
-        self, p_mean: float = 0.0, p_std: float = 1.0, schedule_shift: bool = True, patch: tuple[int, int] = (2, 2)
+        self,
+        p_mean: float = 0.0,
+        p_std: float = 1.0,
+        schedule_shift: bool = True,
+        patch: tuple[int, int] = (2, 2),
+        fixed_shift: float | None = None,
     ):
+        if fixed_shift is not None and not fixed_shift > 0:
+            raise ValueError(f"fixed_shift: expected a positive shift factor or None, got {fixed_shift!r}")
         self.p_mean = p_mean
         self.p_std = p_std
         self.schedule_shift = schedule_shift
         self.patch = tuple(patch)
+        self.fixed_shift = fixed_shift
 
     def raw_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch,) float32 logit-normal draws, clipped like torch's LogisticNormal to (tiny, 1 − eps)."""
@@ -32,6 +42,8 @@ class RFLoss:
     def shift(self, sigma_raw: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
         if not self.schedule_shift:
             return sigma_raw
+        if self.fixed_shift is not None:
+            return shift_sigma_exp(sigma_raw, math.log(self.fixed_shift))
         return shift_sigma_exp(sigma_raw, resolution_shift_mu(latent_height, latent_width, self.patch))
 
     def __call__(

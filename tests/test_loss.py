@@ -1,5 +1,6 @@
 import re
 
+import pytest
 import torch
 
 from sgm.loss import RFLoss
@@ -47,3 +48,18 @@ def test_seeded_draws_are_reproducible_and_logit_normal():
     assert abs(logits.mean()) < 0.06 and abs(logits.std() - 1) < 0.05
     shifted = loss.shift(a, 60, 104)  # 480x832: median sigma = sigmoid(0.720729) = 0.6728
     assert abs(shifted.median().item() - 0.6728) < 0.02
+
+
+def test_fixed_shift_is_the_flow_match_schedulers_shift():
+    """args.sigma_shift: the loss's noise levels shifted as diffusers' FlowMatchEulerDiscreteScheduler shifts its
+    sigmas (an independent implementation of s·σ / (1 + (s − 1)·σ))."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    unshifted = torch.linspace(1, 1000, 1000).flip(0) / 1000
+    shifted = RFLoss(fixed_shift=3.0).shift(unshifted, 16, 24)
+    assert torch.allclose(shifted, scheduler.sigmas[:1000].float(), atol=1e-6)
+    assert torch.equal(RFLoss(fixed_shift=3.0).shift(unshifted, 90, 160), shifted)  # independent of the size
+    assert not torch.allclose(RFLoss().shift(unshifted, 16, 24), shifted)  # the release's μ(16, 24) differs
+    with pytest.raises(ValueError, match="fixed_shift: expected a positive shift factor"):
+        RFLoss(fixed_shift=-1.0)

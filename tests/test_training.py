@@ -210,6 +210,7 @@ def test_non_finite_losses_are_dropped_then_stop_the_run(data, tmp_path):
         (["args.num_frames=8"], "num_frames: must be 4k + 1"),
         (["args.engine=megatron"], "engine: expected one of ['deepspeed', 'fsdp2']"),
         (["args.text_encoder_device=gpu"], "text_encoder_device: expected one of ['same', 'cpu']"),
+        (["args.sigma_shift=0"], "sigma_shift: expected null or a positive shift factor, got 0"),
     ],
 )
 def test_bad_settings_are_one_clear_error(data, tmp_path, overrides, message):
