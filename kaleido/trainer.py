@@ -96,6 +96,11 @@ class TrainArgs:
     lr_warmup_fraction: float = 0.01  # official rule (TR4): min(0.05, k / (0.01 · train_iters)) for k <= 100
     finetune_warmup_steps: int = 100
     finetune_warmup_rate: float = 0.05
+    # After the warmup: 'none' (the release: the peak LR to the end), 'linear' or 'cosine' from the peak at step
+    # lr_decay_start · train_iters to lr_decay_floor × the peak at train_iters (docs/design/training.md).
+    lr_decay: str = "none"
+    lr_decay_start: float = 0.0
+    lr_decay_floor: float = 0.0
     decay_norm_and_modulation: bool = True  # TR5: official weight decay on q/k norms and modulation tables
     checkpoint_activations: bool = True
     fsdp2_reshard_after_forward: bool = True
@@ -125,6 +130,7 @@ class TrainArgs:
             "fsdp2_reduce_dtype": (self.fsdp2_reduce_dtype, ("float32", "bfloat16")),
             "save_dtype": (self.save_dtype, ("bfloat16", "float32")),
             "text_encoder_device": (self.text_encoder_device, ("same", "cpu")),
+            "lr_decay": (self.lr_decay, training.LR_DECAYS),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -138,6 +144,9 @@ class TrainArgs:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.text_dropout < 1:
             raise ValueError(f"text_dropout: expected a probability in [0, 1), got {self.text_dropout}")
+        for key in ("lr_decay_start", "lr_decay_floor"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key}: expected a fraction in [0, 1], got {getattr(self, key)!r}")
         if self.sigma_shift is not None and (isinstance(self.sigma_shift, bool) or not self.sigma_shift > 0):
             raise ValueError(f"sigma_shift: expected null or a positive shift factor, got {self.sigma_shift!r}")
         if self.resume_from is not None and (self.resume_from < 0 or not self.resume):
@@ -269,7 +278,14 @@ class Trainer:
             )
         parallelize_dit(network, self.device, activation_checkpointing=args.checkpoint_activations, fsdp=fsdp)
         lr_lambda = lambda step: training.annealing_lr_factor(  # noqa: E731
-            step, args.train_iters, args.lr_warmup_fraction, args.finetune_warmup_steps, args.finetune_warmup_rate
+            step,
+            args.train_iters,
+            args.lr_warmup_fraction,
+            args.finetune_warmup_steps,
+            args.finetune_warmup_rate,
+            args.lr_decay,
+            args.lr_decay_start,
+            args.lr_decay_floor,
         )
         if args.engine == "deepspeed":
             self.engine = training.DeepSpeedEngine(

@@ -103,20 +103,35 @@ class OptimSettings:
         )
 
 
+LR_DECAYS = ("none", "linear", "cosine")
+
+
 def annealing_lr_factor(
     step: int,
     train_iters: int,
     warmup_fraction: float = 0.01,
     finetune_warmup_steps: int = 100,
     finetune_warmup_rate: float = 0.05,
+    decay: str = "none",
+    decay_start: float = 0.0,
+    decay_floor: float = 0.0,
 ) -> float:
     """The official SAT rule (TR4), as a factor of the peak LR for 1-based optimizer step k:
-    min(rate, k / warmup) for k <= finetune_warmup_steps, then 1 (warmup = warmup_fraction · train_iters)."""
+    min(rate, k / warmup) for k <= finetune_warmup_steps, then 1 (warmup = warmup_fraction · train_iters).
+
+    decay 'linear' or 'cosine' (not in the release) then lowers the factor from 1 at step decay_start · train_iters
+    (at the earliest, the end of the warmup) to decay_floor at train_iters: a short run's last weights are then an
+    average over its last steps rather than one noisy step of a high LR."""
     k = step + 1  # LambdaLR passes the 0-based count of steps taken
     warmup = max(1, int(warmup_fraction * train_iters))
     if k <= finetune_warmup_steps:
         return min(finetune_warmup_rate, k / warmup)
-    return 1.0
+    if decay == "none":
+        return 1.0
+    start = max(finetune_warmup_steps, int(decay_start * train_iters))
+    progress = min(1.0, max(0.0, (k - start) / max(1, train_iters - start)))
+    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return decay_floor + (1.0 - decay_floor) * shape
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_modulation: bool = True) -> list[dict]:

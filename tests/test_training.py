@@ -116,6 +116,7 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
     """A run killed (SIGKILL) while saving iteration 4 keeps `latest` at the complete checkpoint 2; rerun, it
     resumes there (weights, optimizer, scheduler, sample position) and reproduces the straight run's losses."""
     common = [f"args.engine={engine}", "args.train_iters=6", "args.save_interval=2", "args.keep_last_n=0"]
+    common += ["args.finetune_warmup_steps=0", "args.lr_decay=cosine"]  # the LR changes every step
     train(tmp_path / "straight", data, *common)
     killed = train(tmp_path / "resumed", data, *common, fault=f"{fault}@4", check=False)
     assert killed.returncode == -9  # SIGKILL
@@ -129,6 +130,7 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data, tmp_path, engine, 
     for i in range(1, 7):
         assert resumed[i]["loss"] == straight[i]["loss"], (i, resumed[i], straight[i])  # bitwise on CPU
         assert resumed[i]["lr"] == straight[i]["lr"]
+    assert all(straight[i]["lr"] > straight[i + 1]["lr"] for i in range(1, 6)), straight
     assert (tmp_path / "resumed" / "latest").read_text() == "6"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -211,6 +213,8 @@ def test_non_finite_losses_are_dropped_then_stop_the_run(data, tmp_path):
         (["args.engine=megatron"], "engine: expected one of ['deepspeed', 'fsdp2']"),
         (["args.text_encoder_device=gpu"], "text_encoder_device: expected one of ['same', 'cpu']"),
         (["args.sigma_shift=0"], "sigma_shift: expected null or a positive shift factor, got 0"),
+        (["args.lr_decay=step"], "lr_decay: expected one of ['none', 'linear', 'cosine']"),
+        (["args.lr_decay_floor=2"], "lr_decay_floor: expected a fraction in [0, 1], got 2"),
     ],
 )
 def test_bad_settings_are_one_clear_error(data, tmp_path, overrides, message):
@@ -267,6 +271,30 @@ def test_shipped_14b_training_configs_are_consistent():
     # docs/design/training.md, 'Optimisation': 1e-7, 2e-7, then 2.5e-7 up to step 100, then 5e-6.
     lrs = [5e-6 * annealing_lr_factor(k, 5000) for k in range(0, 102)]
     assert lrs[:3] == pytest.approx([1e-7, 2e-7, 2.5e-7]) and lrs[99] == pytest.approx(2.5e-7) and lrs[100] == 5e-6
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_lr_decay_follows_torchs_schedulers(decay):
+    """args.lr_decay after the warmup: the factor equals torch's LinearLR / CosineAnnealingLR started at
+    lr_decay_start · train_iters (an independent implementation of the same curves), and stays at the floor."""
+    from sat.training import annealing_lr_factor
+
+    train_iters, start, floor = 400, 0.5, 0.1
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    if decay == "linear":
+        oracle = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, floor, total_iters=200)
+    else:
+        oracle = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=200, eta_min=floor)
+    expected = []
+    for _ in range(201):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        oracle.step()
+    ours = [annealing_lr_factor(k - 1, train_iters, 0.01, 100, 0.05, decay, start, floor) for k in range(200, 401)]
+    assert ours == pytest.approx(expected, abs=1e-9)
+    assert annealing_lr_factor(150, train_iters, 0.01, 100, 0.05, decay, start, floor) == 1.0  # before the start
+    assert annealing_lr_factor(500, train_iters, 0.01, 100, 0.05, decay, start, floor) == pytest.approx(floor)
+    assert annealing_lr_factor(10, train_iters, 0.01, 100, 0.05, decay, start, floor) == 0.05  # warmup unchanged
 
 
 def test_activation_checkpointing_keeps_names_and_gradients():
