@@ -1,16 +1,21 @@
 """The R-RoPE ablation (docs/ablation.md): train the toy DiT once per reference placement and seed on the same cached
-world with the same budget, evaluate each on the same held-out prompts, and collect the table.
+world with the same budget, measure each the same way, and collect the table.
 
     python scripts/run_ablation.py --out runs/ablation [--variants a_released b_no_spatial_offset ...]
-        [--seeds a_released=1,2 b_no_spatial_offset=1,2] [--iters 3000] [--prompts 120] [--level simple]
+        [--seeds a_released=1,2 b_no_spatial_offset=1,2] [--iters 1500] [--prompts 120] [--level simple]
         [--collect-only]
 
-Each run is `train_video_concat.py --base configs/video_model/dit_crossattn_toy.yaml configs/training/train_toy.yaml
-configs/ablation/<variant>.yaml args.seed=<seed> args.train_iters=<iters> args.save=OUT/<variant>_s<seed>`, then
-`scripts/convert_checkpoint.py to-safetensors` and `scripts/evaluate_toyworld.py --level <level>` (the world's level
-of train_toy.yaml's data) into OUT/<variant>_s<seed>/eval.
-Everything resumes: training from its `latest`, evaluation from its finished videos, and a finished run (its
-eval/summary.json exists) is skipped. `--collect-only` writes OUT/results.json from what is finished.
+First pass, per run: `train_video_concat.py --base configs/video_model/dit_crossattn_toy.yaml
+configs/training/train_toy.yaml configs/ablation/<variant>.yaml args.seed=<seed> args.train_iters=<iters>
+args.save=OUT/<variant>_s<seed>/train`, `scripts/convert_checkpoint.py to-safetensors` to OUT/<variant>_s<seed>/
+dit.safetensors, and `scripts/probe_references.py` (the reference gain) on a held-out set that the first run makes
+once: OUT/probe_data (`make_toyworld.py --split eval`, 96 clips of held-out toys at the level) and its latent cache
+OUT/probe_cache. Second pass, per run: `scripts/evaluate_toyworld.py --level <level>` into OUT/<variant>_s<seed>/eval.
+The cheap, sensitive measurement is thus done for every variant before the sampled videos of any, and every
+variant's first seed before any second seed.
+Everything resumes: a training from its `latest`, an evaluation from its finished videos, and finished steps (their
+output exists; every one is written under a temporary name and renamed) are skipped. `--collect-only` writes
+OUT/results.json from what is finished.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ MODEL = "configs/video_model/dit_crossattn_toy.yaml"
 TRAIN = "configs/training/train_toy.yaml"
 SAMPLE = "configs/sampling/sample_toy.yaml"
 VARIANTS = ("a_released", "b_no_spatial_offset", "c_time_only", "d_shared_time", "e_no_position")
+PROBE_SAMPLES = 96
 DEFAULT_SEEDS = {"a_released": (1, 2), "b_no_spatial_offset": (1, 2)}
 
 
@@ -43,36 +49,66 @@ def step(command: list[str]) -> None:
     subprocess.run(command, cwd=REPO, check=True)
 
 
-def train_and_evaluate(out: Path, variant: str, seed: int, iters: int, prompts: int, level: str = "simple") -> None:
+def probe_set(out: Path, level: str) -> tuple[Path, Path]:
+    """The held-out clips (OUT/probe_data) and their latent cache (OUT/probe_cache), made once."""
+    data, cache = out / "probe_data", out / "probe_cache"
+    python = sys.executable
+    if not data.is_dir():
+        command = [python, "scripts/make_toyworld.py", str(data), "--samples", str(PROBE_SAMPLES), "--seed", "5"]
+        step([*command, "--split", "eval", "--level", level])
+    if not cache.is_dir():
+        step(
+            [
+                python,
+                "scripts/cache_latents.py",
+                "--base",
+                MODEL,
+                TRAIN,
+                f"args.train_data=[{data}]",
+                "--out",
+                str(cache),
+            ]
+        )
+    return data, cache
+
+
+def train_and_probe(out: Path, variant: str, seed: int, iters: int, probe: tuple[Path, Path]) -> None:
+    folder = run_dir(out, variant, seed)
+    overlay = f"configs/ablation/{variant}.yaml"
+    python = sys.executable
+    weights = folder / "dit.safetensors"
+    if not weights.is_file():
+        step(
+            [
+                python,
+                "train_video_concat.py",
+                "--base",
+                MODEL,
+                TRAIN,
+                overlay,
+                f"args.seed={seed}",
+                f"args.train_iters={iters}",
+                f"args.save={folder / 'train'}",
+            ]
+        )
+        step([python, "scripts/convert_checkpoint.py", "to-safetensors", str(folder / "train"), str(weights)])
+    if not (folder / "reference_gain.json").is_file():
+        data, cache = probe
+        command = [python, "scripts/probe_references.py", "--base", MODEL, overlay, "--weights", str(weights)]
+        step([*command, "--cache", str(cache), "--data", str(data), "--out", str(folder / "reference_gain.json")])
+
+
+def evaluate(out: Path, variant: str, seed: int, prompts: int, level: str) -> None:
     folder = run_dir(out, variant, seed)
     if (folder / "eval" / "summary.json").is_file():
         return
-    overlay = f"configs/ablation/{variant}.yaml"
-    python = sys.executable
     step(
         [
-            python,
-            "train_video_concat.py",
-            "--base",
-            MODEL,
-            TRAIN,
-            overlay,
-            f"args.seed={seed}",
-            f"args.train_iters={iters}",
-            f"args.save={folder / 'train'}",
-        ]
-    )
-    weights = folder / "dit.safetensors"
-    step(
-        [python, "scripts/convert_checkpoint.py", "to-safetensors", str(folder / "train"), str(weights), "--overwrite"]
-    )
-    step(
-        [
-            python,
+            sys.executable,
             "scripts/evaluate_toyworld.py",
             "--base",
             MODEL,
-            overlay,
+            f"configs/ablation/{variant}.yaml",
             SAMPLE,
             "--out",
             str(folder / "eval"),
@@ -80,17 +116,23 @@ def train_and_evaluate(out: Path, variant: str, seed: int, iters: int, prompts: 
             str(prompts),
             "--level",
             level,
-            f"args.load={weights}",
+            f"args.load={folder / 'dit.safetensors'}",
         ]
     )
 
 
 def collect(out: Path) -> dict:
-    results = {}
-    for summary in sorted(out.glob("*_s*/eval/summary.json")):
-        name = summary.parent.parent.name
-        variant, _, seed = name.rpartition("_s")
-        results.setdefault(variant, {})[seed] = json.loads(summary.read_text())["metrics"]
+    """{variant: {seed: {metric: summary, ..., "reference_gain": {"sigma=<σ>": ...}}}} of the finished parts."""
+    results: dict = {}
+    for folder in sorted(p for p in out.glob("*_s*") if p.is_dir()):
+        variant, _, seed = folder.name.rpartition("_s")
+        entry = {}
+        if (folder / "eval" / "summary.json").is_file():
+            entry.update(json.loads((folder / "eval" / "summary.json").read_text())["metrics"])
+        if (folder / "reference_gain.json").is_file():
+            entry["reference_gain"] = json.loads((folder / "reference_gain.json").read_text())["gain"]
+        if entry:
+            results.setdefault(variant, {})[seed] = entry
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
 
@@ -112,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="*", default=[], help="<variant>=<seed>,...; default 1,2 for a and b, else 1")
-    parser.add_argument("--iters", type=int, default=3000, help="optimizer steps per run (the same for every run)")
+    parser.add_argument("--iters", type=int, default=1500, help="optimizer steps per run (the same for every run)")
     parser.add_argument("--prompts", type=int, default=120)
     parser.add_argument("--level", choices=tuple(LEVELS), default="simple", help="the world's level of the data")
     parser.add_argument("--collect-only", action="store_true")
@@ -122,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # every variant's first seed before any second one: a partial sweep already covers every variant
+    ordered = [(rank, variant, seed) for variant in cli.variants for rank, seed in enumerate(seeds.get(variant, (1,)))]
+    runs = [(variant, seed) for _, variant, seed in sorted(ordered, key=lambda run: run[0])]
     if not cli.collect_only:
-        for variant in cli.variants:
-            for seed in seeds.get(variant, (1,)):
-                train_and_evaluate(cli.out, variant, seed, cli.iters, cli.prompts, cli.level)
+        probe = probe_set(cli.out, cli.level)
+        for variant, seed in runs:
+            train_and_probe(cli.out, variant, seed, cli.iters, probe)
+        for variant, seed in runs:
+            evaluate(cli.out, variant, seed, cli.prompts, cli.level)
     results = collect(cli.out)
     print(json.dumps({v: sorted(s) for v, s in results.items()}))
     return 0

@@ -232,8 +232,9 @@ def test_official_parity_profile_runs(workdir):
     assert (workdir / "out/0_A_red_ball.@@red.png/output.mp4").is_file()
 
 
-def test_readme_demo_command(tmp_path):
-    """The README's demo command, as a subprocess from the repository root (outputs redirected to tmp)."""
+def test_random_weights_smoke_command(tmp_path):
+    """The README's smoke-test command (the tiny model with seeded random weights, behind an explicit option), as a
+    subprocess from the repository root (outputs redirected to tmp). The demo itself: tests/test_toy_model.py."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "sample_video.py", "--base", *TINY, f"args.output_dir={tmp_path}"],

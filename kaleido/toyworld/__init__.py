@@ -5,4 +5,6 @@ render     antialiased drawing of one subject; reference images
 world      clip sampler: backgrounds, trajectories, occlusion, captions, per-frame ground truth
 writer     the official SFT dataset layout (videos/, labels/, references/) plus meta/<id>.json
 detector   finds the catalogue's subjects in decoded frames
+evaluate   subject-to-video metrics of generated videos (with the detector)
+probe      the reference gain: how much the denoising loss of held-out samples depends on their references
 """
