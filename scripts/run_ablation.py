@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido.toyworld.world import LEVELS  # noqa: E402 (after the sys.path line)
+from kaleido.toyworld.evaluate import METRICS  # noqa: E402 (after the sys.path line)
+from kaleido.toyworld.world import LEVELS  # noqa: E402
 
 MODEL = "configs/video_model/dit_crossattn_toy.yaml"
 TRAIN = "configs/training/train_toy.yaml"
@@ -133,8 +135,98 @@ def collect(out: Path) -> dict:
             entry["reference_gain"] = json.loads((folder / "reference_gain.json").read_text())["gain"]
         if entry:
             results.setdefault(variant, {})[seed] = entry
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")
+    if results:
+        write_atomically(out / "table.md", table(results))
+        plot(results, out / "ablation.png")
     return results
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+# The table's rows: (label, how to read one run's entry), each a (mean, low, high) or None when not measured.
+def _gain(sigma: str, region: str):
+    def read(entry: dict):
+        value = entry.get("reference_gain", {}).get(f"sigma={sigma}", {}).get(region)
+        return None if value is None else (value["gain"], value["low"], value["high"])
+
+    return read
+
+
+def _metric(name: str):
+    def read(entry: dict):
+        value = entry.get(name)
+        return None if value is None or value.get("mean") is None else (value["mean"], value["low"], value["high"])
+
+    return read
+
+
+ROWS = (
+    ("reference gain, subjects, σ 0.8", _gain("0.8", "subjects")),
+    ("reference gain, subjects, σ 0.5", _gain("0.5", "subjects")),
+    ("reference gain, whole latent, σ 0.8", _gain("0.8", "all")),
+    *((name.replace("_", " "), _metric(name)) for name in METRICS),
+)
+
+
+def table(results: dict) -> str:
+    """Markdown: a row per measurement, a column per variant and seed, 'mean [low, high]'."""
+    columns = [(variant, seed) for variant in VARIANTS if variant in results for seed in sorted(results[variant])]
+    lines = [
+        "| measurement | " + " | ".join(f"{variant} s{seed}" for variant, seed in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for label, read in ROWS:
+        cells = []
+        for variant, seed in columns:
+            value = read(results[variant][seed])
+            cells.append("–" if value is None else f"{value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]")
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """The reference gain on the subjects (σ 0.5 and 0.8) per run, with its interval; the detector's recall when
+    measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [(variant, seed) for variant in VARIANTS if variant in results for seed in sorted(results[variant])]
+    panels = [("reference gain on the subjects", ("0.8", "0.5")), ("reference recall (detector)", None)]
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for axis, (title, sigmas) in zip(axes, panels):
+        reads = [(f"σ {s}", _gain(s, "subjects")) for s in sigmas] if sigmas else [("", _metric("reference_recall"))]
+        for k, (label, read) in enumerate(reads):
+            values = [(x, read(results[v][seed])) for x, (v, seed) in enumerate(columns)]
+            values = [(x, value) for x, value in values if value is not None]
+            for n, (x, (mean, low, high)) in enumerate(values):
+                axis.errorbar(
+                    x + 0.15 * k,
+                    mean,
+                    yerr=[[mean - low], [high - mean]],
+                    fmt="o",
+                    color=f"C{k}",
+                    capsize=3,
+                    label=label if n == 0 and label else None,
+                )
+        axis.set_xticks(range(len(columns)), [f"{v.split('_')[0]} s{s}" for v, s in columns])
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[1]:
+            axis.legend()
+    figure.suptitle("R-RoPE ablation on the toy world (95 % bootstrap intervals)")
+    figure.tight_layout()
+    partial = path.with_name(path.stem + ".partial.png")
+    figure.savefig(partial, dpi=110)
+    plt.close(figure)
+    os.replace(partial, path)
 
 
 def parse_seeds(items: list[str]) -> dict[str, tuple[int, ...]]:

@@ -20,17 +20,24 @@ def test_seeds_default_two_for_a_and_b_and_are_checked():
 def test_collect_reads_finished_runs_only(tmp_path, capsys):
     for name, recall in (("a_released_s1", 0.5), ("b_no_spatial_offset_s2", 0.25)):
         (tmp_path / name / "eval").mkdir(parents=True)
-        summary = {"metrics": {"reference_recall": {"mean": recall}}}
+        summary = {"metrics": {"reference_recall": {"mean": recall, "low": recall - 0.1, "high": recall + 0.1}}}
         (tmp_path / name / "eval" / "summary.json").write_text(json.dumps(summary))
-    gain = {"sigma=0.8": {"all": {"gain": 0.1}}}
+    gain = {"sigma=0.8": {"subjects": {"gain": 0.125, "low": 0.1, "high": 0.15}}}
     (tmp_path / "a_released_s1" / "reference_gain.json").write_text(json.dumps({"gain": gain}))
     (tmp_path / "c_time_only_s1" / "eval").mkdir(parents=True)  # unfinished: no summary, no gain
     assert run_ablation.main(["--out", str(tmp_path), "--collect-only"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    recall = {"1": {"mean": 0.5, "low": 0.4, "high": 0.6}, "2": {"mean": 0.25, "low": 0.15, "high": 0.35}}
     assert results == {
-        "a_released": {"1": {"reference_recall": {"mean": 0.5}, "reference_gain": gain}},
-        "b_no_spatial_offset": {"2": {"reference_recall": {"mean": 0.25}}},
+        "a_released": {"1": {"reference_recall": recall["1"], "reference_gain": gain}},
+        "b_no_spatial_offset": {"2": {"reference_recall": recall["2"]}},
     }
+    rows = (tmp_path / "table.md").read_text().splitlines()
+    assert rows[0] == "| measurement | a_released s1 | b_no_spatial_offset s2 |"
+    assert "| reference gain, subjects, σ 0.8 | 0.125 [0.100, 0.150] | – |" in rows
+    assert "| reference recall | 0.500 [0.400, 0.600] | 0.250 [0.150, 0.350] |" in rows
+    assert not any(row.startswith("| precision") for row in rows)  # measured by no run: no row
+    assert (tmp_path / "ablation.png").stat().st_size > 10_000
 
 
 def test_every_run_is_trained_and_probed_before_any_is_sampled_and_finished_steps_are_skipped(tmp_path, monkeypatch):
