@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--sigmas: expected noise levels in (0, 1], got {cli.sigmas}")
         if cli.data and not (Path(cli.data) / "meta").is_dir():
             raise ValueError(f"--data {cli.data}: no meta/ folder (a toy-world dataset from scripts/make_toyworld.py)")
-        config = load_config([item for item in cli.base if "=" not in item], overrides, sections=("model", "args"))
+        config = load_config(
+            [item for item in cli.base if "=" not in item], overrides, sections=("model", "args", "deepspeed")
+        )
         section = config.section("model")
         with torch.device("meta"):
             network = instantiate_from_config(section["network_config"], "model.network_config", config.where)

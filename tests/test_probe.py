@@ -104,7 +104,7 @@ def test_the_script_measures_a_checkpoint_on_a_cache(tmp_path):
         [*command, *small, "--out", str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    config = load_config(BASE, [], sections=("model", "args"))
+    config = load_config(BASE, [], sections=("model", "args", "deepspeed"))
     torch.manual_seed(0)
     network = instantiate_from_config(config.section("model")["network_config"], "net", config.where)
     save_file(network.state_dict(), tmp_path / "dit.safetensors")
