@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,17 +24,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kaleido.checkpoint import load_dit_into  # noqa: E402 (after the sys.path line)
+from kaleido.files import atomic_path  # noqa: E402
 from kaleido.latent_cache import LatentCacheDataset, LatentCacheError  # noqa: E402
 from kaleido.toyworld.probe import reference_gain  # noqa: E402
 from sat.config import ConfigError, load_config  # noqa: E402
 from sgm.util import InstantiationError, instantiate_from_config, use_exact_fp32  # noqa: E402
+from sgm.vae import DEFAULT_DIM_MULT, spatial_factor  # noqa: E402
 from sgm.weights import WeightsError  # noqa: E402
-
-
-def vae_stride(config) -> int:
-    """Pixels per latent cell: 2 per entry of the VAE's dim_mult after the first (the Wan VAE's downsamplings)."""
-    params = config.section("model").get("first_stage_config", {}).get("params", {})
-    return 2 ** (len(params.get("dim_mult", [1, 2, 4, 4])) - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         cache = LatentCacheDataset(cli.cache)
         count = len(cache) if cli.samples <= 0 else min(cli.samples, len(cache))
         samples = [cache[i] for i in range(count)]
-        result = reference_gain(network.float(), samples, tuple(cli.sigmas), cli.seed, cli.data, vae_stride(config))
+        vae = section.get("first_stage_config", {}).get("params", {})
+        stride = spatial_factor(vae.get("dim_mult", DEFAULT_DIM_MULT))  # pixels per latent cell
+        result = reference_gain(network.float(), samples, tuple(cli.sigmas), cli.seed, cli.data, stride)
     except (ConfigError, InstantiationError, WeightsError, LatentCacheError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -75,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=1) + "\n"
     print(text, end="")
     if cli.out:
-        partial = cli.out.with_name(cli.out.name + ".partial")
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, cli.out)
+        with atomic_path(cli.out) as partial:
+            partial.write_text(text, encoding="utf-8")
     return 0
 
 

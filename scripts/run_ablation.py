@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido.toyworld.evaluate import METRICS  # noqa: E402 (after the sys.path line)
+from kaleido.files import atomic_path  # noqa: E402 (after the sys.path line)
+from kaleido.toyworld.evaluate import METRICS  # noqa: E402
 from kaleido.toyworld.world import LEVELS  # noqa: E402
 
 MODEL = "configs/video_model/dit_crossattn_toy.yaml"
@@ -143,9 +143,8 @@ def collect(out: Path) -> dict:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        partial.write_text(text, encoding="utf-8")
 
 
 # The table's rows: (label, how to read one run's entry), each a (mean, low, high) or None when not measured.
@@ -223,10 +222,9 @@ def plot(results: dict, path: Path) -> None:
             axis.legend()
     figure.suptitle("R-RoPE ablation on the toy world (95 % bootstrap intervals)")
     figure.tight_layout()
-    partial = path.with_name(path.stem + ".partial.png")
-    figure.savefig(partial, dpi=110)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=110)
     plt.close(figure)
-    os.replace(partial, path)
 
 
 def parse_seeds(items: list[str]) -> dict[str, tuple[int, ...]]:
