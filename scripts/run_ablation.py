@@ -1,21 +1,24 @@
 """The R-RoPE ablation (docs/ablation.md): train the toy DiT once per reference placement and seed on the same cached
-world with the same budget, measure each the same way, and collect the table.
+world with the same budget, measure each the same way, and collect the table and a contact sheet.
 
     python scripts/run_ablation.py --out runs/ablation [--variants a_released b_no_spatial_offset ...]
         [--seeds a_released=1,2 b_no_spatial_offset=1,2] [--iters 1500] [--prompts 120] [--level simple]
         [--collect-only]
 
-First pass, per run: `train_video_concat.py --base configs/video_model/dit_crossattn_toy.yaml
-configs/training/train_toy.yaml configs/ablation/<variant>.yaml args.seed=<seed> args.train_iters=<iters>
-args.save=OUT/<variant>_s<seed>/train`, `scripts/convert_checkpoint.py to-safetensors` to OUT/<variant>_s<seed>/
-dit.safetensors, and `scripts/probe_references.py` (the reference gain) on a held-out set that the first run makes
-once: OUT/probe_data (`make_toyworld.py --split eval`, 96 clips of held-out toys at the level) and its latent cache
-OUT/probe_cache. Second pass, per run: `scripts/evaluate_toyworld.py --level <level>` into OUT/<variant>_s<seed>/eval.
-The cheap, sensitive measurement is thus done for every variant before the sampled videos of any, and every
-variant's first seed before any second seed.
+Per run, in order (each variant's first seed before any second seed): `train_video_concat.py --base
+configs/video_model/dit_crossattn_toy.yaml configs/training/train_toy.yaml configs/ablation/<variant>.yaml
+args.seed=<seed> args.train_iters=<iters> args.save=OUT/<variant>_s<seed>/train`, `scripts/convert_checkpoint.py
+to-safetensors` to OUT/<variant>_s<seed>/dit.safetensors, `scripts/probe_references.py` (the reference gain) on a
+held-out set made once (OUT/probe_data: `make_toyworld.py --split eval`, 96 clips of held-out toys at the level, and
+its latent cache OUT/probe_cache), `scripts/evaluate_toyworld.py --level <level>` into OUT/<variant>_s<seed>/eval,
+and the run's row of the contact sheet, OUT/previews/<variant>_s<seed>.png (the frames of the evaluation set's
+first SHEET_PROMPTS prompts). After every run OUT/results.json, table.md, ablation.png and contact_sheet.png are
+rewritten, so a sweep stopped anywhere leaves every finished run measured in full.
 Everything resumes: a training from its `latest`, an evaluation from its finished videos, and finished steps (their
-output exists; every one is written under a temporary name and renamed) are skipped. `--collect-only` writes
-OUT/results.json from what is finished.
+output exists; every one is written under a temporary name and renamed) are skipped. A run that OUT/results.json
+already records in full (gain and sampled metrics) and whose preview row exists is skipped without its folder: copy
+the committed results.json and previews/ into a new OUT to go on with a sweep on another machine, whose weights are
+gone. `--collect-only` rewrites the collected files from what is there.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaleido.files import atomic_path  # noqa: E402 (after the sys.path line)
-from kaleido.toyworld.evaluate import METRICS  # noqa: E402
+from kaleido import files  # noqa: E402 (after the sys.path line)
+from kaleido.files import atomic_path  # noqa: E402
+from kaleido.toyworld.evaluate import METRICS, load_eval_set  # noqa: E402
 from kaleido.toyworld.world import LEVELS  # noqa: E402
+from kaleido.toyworld.writer import read_video  # noqa: E402
+from scripts.evaluate_toyworld import video_of  # noqa: E402
 
 MODEL = "configs/video_model/dit_crossattn_toy.yaml"
 TRAIN = "configs/training/train_toy.yaml"
@@ -40,6 +49,10 @@ SAMPLE = "configs/sampling/sample_toy.yaml"
 VARIANTS = ("a_released", "b_no_spatial_offset", "c_time_only", "d_shared_time", "e_no_position")
 PROBE_SAMPLES = 96
 DEFAULT_SEEDS = {"a_released": (1, 2), "b_no_spatial_offset": (1, 2)}
+SHEET_PROMPTS = 3  # the contact sheet shows the evaluation set's prompts 0, 1, 2: 1, 2 and 3 references
+SHEET_FRAMES = 5  # frames per prompt in the contact sheet, first and last included
+BLOCK_GAP = 12  # pixels of separator between the prompts' blocks of a contact-sheet row
+LABEL_WIDTH = 170  # pixels of the contact sheet's label column (the run's name)
 
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:
@@ -123,9 +136,73 @@ def evaluate(out: Path, variant: str, seed: int, prompts: int, level: str) -> No
     )
 
 
+def sheet_row(blocks: list[list[np.ndarray]], height: int, width: int) -> np.ndarray:
+    """One row of the contact sheet: SHEET_PROMPTS blocks of SHEET_FRAMES tiles (H, W, 3) uint8 each, left to right,
+    SHEET_GAP grey between tiles and BLOCK_GAP between blocks; a block with fewer tiles is grey at the end."""
+    gap = files.SHEET_GAP
+    block_w = SHEET_FRAMES * (width + gap)
+    row = np.empty((height + 2 * gap, SHEET_PROMPTS * block_w + (SHEET_PROMPTS - 1) * BLOCK_GAP + gap, 3), np.uint8)
+    row[:] = files.SHEET_SEPARATOR
+    for b, tiles in enumerate(blocks):
+        for j, tile in enumerate(tiles):
+            x = gap + b * (block_w + BLOCK_GAP) + j * (width + gap)
+            row[gap : gap + height, x : x + width] = tile
+    return row
+
+
+def preview(out: Path, variant: str, seed: int) -> None:
+    """OUT/previews/<run>.png: SHEET_FRAMES frames of each of the first SHEET_PROMPTS evaluation videos, one row;
+    and, once, OUT/previews/references.png: those prompts' references, letterboxed as the sampler does, in the
+    same geometry. Both are kept across machines with results.json (the sheet is composed from them)."""
+    folder = run_dir(out, variant, seed) / "eval"
+    target, references = out / "previews" / f"{variant}_s{seed}.png", out / "previews" / "references.png"
+    if target.is_file() and references.is_file():
+        return
+    blocks = []
+    for index in range(SHEET_PROMPTS):
+        frames = read_video(video_of(folder / "videos", index))
+        blocks.append([frames[i] for i in files.frame_indices(len(frames), SHEET_FRAMES)])
+    height, width = blocks[0][0].shape[:2]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files.write_png(target, Image.fromarray(sheet_row(blocks, height, width)))
+    if not references.is_file():
+        records = load_eval_set(folder / "set")["prompts"][:SHEET_PROMPTS]
+        blocks = [
+            [np.asarray(files.letterbox(files.load_reference(REPO / name), height, width)) for name in r["references"]]
+            for r in records
+        ]
+        files.write_png(references, Image.fromarray(sheet_row(blocks, height, width)))
+
+
+def contact_sheet(out: Path, results: dict) -> None:
+    """OUT/contact_sheet.png: the references' row, then one row per run with a preview (label at the left)."""
+    folder = out / "previews"
+    names = [f"{v}_s{s}" for v in VARIANTS for s in sorted(results.get(v, {}), key=int)]
+    rows = [("references", folder / "references.png")] + [(n, folder / f"{n}.png") for n in names]
+    rows = [(label, np.asarray(Image.open(path).convert("RGB"))) for label, path in rows if path.is_file()]
+    if len(rows) < 2:
+        return
+    label_w = LABEL_WIDTH
+    canvas = Image.new("RGB", (label_w + max(r.shape[1] for _, r in rows), sum(r.shape[0] for _, r in rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, row in rows:
+        canvas.paste(Image.fromarray(row), (label_w, y))
+        draw.text((6, y + row.shape[0] // 2 - 6), label, fill=(0, 0, 0))
+        y += row.shape[0]
+    files.write_png(out / "contact_sheet.png", canvas)
+
+
+def recorded_in_full(entry: dict) -> bool:
+    """A run's results.json entry holds both the reference gain and the sampled metrics."""
+    return "reference_gain" in entry and all(name in entry for name in METRICS)
+
+
 def collect(out: Path) -> dict:
-    """{variant: {seed: {metric: summary, ..., "reference_gain": {"sigma=<σ>": ...}}}} of the finished parts."""
-    results: dict = {}
+    """{variant: {seed: {metric: summary, ..., "reference_gain": {"sigma=<σ>": ...}}}}: OUT/results.json as it was
+    (runs measured on another machine), updated with what the run folders hold now."""
+    previous = out / "results.json"
+    results: dict = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
     for folder in sorted(p for p in out.glob("*_s*") if p.is_dir()):
         variant, _, seed = folder.name.rpartition("_s")
         entry = {}
@@ -134,11 +211,12 @@ def collect(out: Path) -> dict:
         if (folder / "reference_gain.json").is_file():
             entry["reference_gain"] = json.loads((folder / "reference_gain.json").read_text())["gain"]
         if entry:
-            results.setdefault(variant, {})[seed] = entry
+            results.setdefault(variant, {}).setdefault(seed, {}).update(entry)
     write_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")
     if results:
         write_atomically(out / "table.md", table(results))
         plot(results, out / "ablation.png")
+        contact_sheet(out, results)
     return results
 
 
@@ -258,11 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     ordered = [(rank, variant, seed) for variant in cli.variants for rank, seed in enumerate(seeds.get(variant, (1,)))]
     runs = [(variant, seed) for _, variant, seed in sorted(ordered, key=lambda run: run[0])]
     if not cli.collect_only:
-        probe = probe_set(cli.out, cli.level)
+        recorded = collect(cli.out)
         for variant, seed in runs:
-            train_and_probe(cli.out, variant, seed, cli.iters, probe)
-        for variant, seed in runs:
+            done = recorded_in_full(recorded.get(variant, {}).get(str(seed), {}))
+            if done and (cli.out / "previews" / f"{variant}_s{seed}.png").is_file():
+                continue
+            train_and_probe(cli.out, variant, seed, cli.iters, probe_set(cli.out, cli.level))
             evaluate(cli.out, variant, seed, cli.prompts, cli.level)
+            preview(cli.out, variant, seed)
+            recorded = collect(cli.out)
     results = collect(cli.out)
     print(json.dumps({v: sorted(s) for v, s in results.items()}))
     return 0
