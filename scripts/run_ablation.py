@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 from kaleido import files  # noqa: E402 (after the sys.path line)
 from kaleido.files import atomic_path  # noqa: E402
-from kaleido.toyworld.evaluate import METRICS, load_eval_set  # noqa: E402
+from kaleido.toyworld.evaluate import METRICS, bootstrap, load_eval_set  # noqa: E402
 from kaleido.toyworld.world import LEVELS  # noqa: E402
 from kaleido.toyworld.writer import read_video  # noqa: E402
 from scripts.evaluate_toyworld import video_of  # noqa: E402
@@ -225,17 +225,38 @@ def write_atomically(path: Path, text: str) -> None:
         partial.write_text(text, encoding="utf-8")
 
 
-# The table's rows: (label, how to read one run's entry), each a (mean, low, high) or None when not measured.
+# The table's rows: (label, how to read one run's entry given the baseline run's), each a (mean, low, high) or
+# None when not measured.
+BASELINE = ("a_released", "1")
+
+
 def _gain(sigma: str, region: str):
-    def read(entry: dict):
+    def read(entry: dict, baseline: dict):
         value = entry.get("reference_gain", {}).get(f"sigma={sigma}", {}).get(region)
         return None if value is None else (value["gain"], value["low"], value["high"])
 
     return read
 
 
+def _loss_change(sigma: str, region: str):
+    """The held-out loss with own references minus the baseline run's, clip by clip (the probe gives every run the
+    same noised latents), with a bootstrap interval over clips."""
+
+    def read(entry: dict, baseline: dict):
+        losses = [
+            e.get("reference_gain", {}).get(f"sigma={sigma}", {}).get(region, {}).get("own_losses")
+            for e in (entry, baseline)
+        ]
+        if None in losses or len(losses[0]) != len(losses[1]):
+            return None
+        change = bootstrap([a - b for a, b in zip(*losses)])
+        return change["mean"], change["low"], change["high"]
+
+    return read
+
+
 def _metric(name: str):
-    def read(entry: dict):
+    def read(entry: dict, baseline: dict):
         value = entry.get(name)
         return None if value is None or value.get("mean") is None else (value["mean"], value["low"], value["high"])
 
@@ -246,6 +267,8 @@ ROWS = (
     ("reference gain, subjects, σ 0.8", _gain("0.8", "subjects")),
     ("reference gain, subjects, σ 0.5", _gain("0.5", "subjects")),
     ("reference gain, whole latent, σ 0.8", _gain("0.8", "all")),
+    (f"held-out loss − {BASELINE[0]} s{BASELINE[1]}'s, whole latent, σ 0.8", _loss_change("0.8", "all")),
+    (f"held-out loss − {BASELINE[0]} s{BASELINE[1]}'s, whole latent, σ 0.5", _loss_change("0.5", "all")),
     *((name.replace("_", " "), _metric(name)) for name in METRICS),
 )
 
@@ -253,6 +276,7 @@ ROWS = (
 def table(results: dict) -> str:
     """Markdown: a row per measurement, a column per variant and seed, 'mean [low, high]'."""
     columns = [(variant, seed) for variant in VARIANTS if variant in results for seed in sorted(results[variant])]
+    baseline = results.get(BASELINE[0], {}).get(BASELINE[1], {})
     lines = [
         "| measurement | " + " | ".join(f"{variant} s{seed}" for variant, seed in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -260,7 +284,7 @@ def table(results: dict) -> str:
     for label, read in ROWS:
         cells = []
         for variant, seed in columns:
-            value = read(results[variant][seed])
+            value = read(results[variant][seed], baseline)
             cells.append("–" if value is None else f"{value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]")
         if any(cell != "–" for cell in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -281,7 +305,7 @@ def plot(results: dict, path: Path) -> None:
     for axis, (title, sigmas) in zip(axes, panels):
         reads = [(f"σ {s}", _gain(s, "subjects")) for s in sigmas] if sigmas else [("", _metric("reference_recall"))]
         for k, (label, read) in enumerate(reads):
-            values = [(x, read(results[v][seed])) for x, (v, seed) in enumerate(columns)]
+            values = [(x, read(results[v][seed], {})) for x, (v, seed) in enumerate(columns)]
             values = [(x, value) for x, value in values if value is not None]
             for n, (x, (mean, low, high)) in enumerate(values):
                 axis.errorbar(

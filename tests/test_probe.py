@@ -71,6 +71,20 @@ def test_gain_is_one_for_a_reference_reader_and_zero_for_a_network_that_ignores_
     assert entry["own"] == entry["other"] > 0 and entry["gain"] == entry["low"] == entry["high"] == 0.0
 
 
+def test_per_sample_losses_are_in_order_and_pair_across_networks_and_data():
+    """own_losses: one per sample, in order, averaging to "own"; sample i is noised the same whatever the other
+    samples are, so changing one sample changes its loss only (what lets runs be compared clip by clip)."""
+    items = samples()
+    first = reference_gain(ReferenceIgnorer(), items, (0.5,))["sigma=0.5"]["all"]
+    assert len(first["own_losses"]) == 4
+    assert sum(first["own_losses"]) / 4 == pytest.approx(first["own"], abs=1e-6)
+    reader = reference_gain(ReferenceReader(), items, (0.5,))["sigma=0.5"]["all"]["own_losses"]
+    assert max(reader) < 1e-10
+    items[1]["x0"] = items[1]["x0"] * 3
+    second = reference_gain(ReferenceIgnorer(), items, (0.5,))["sigma=0.5"]["all"]["own_losses"]
+    assert [a == b for a, b in zip(first["own_losses"], second)] == [True, False, True, True]
+
+
 def test_a_reference_count_with_one_sample_is_an_error():
     with pytest.raises(ValueError, match=r"every reference count needs two samples or more; \[3\] has one"):
         reference_gain(ReferenceIgnorer(), samples((1, 1, 3)))

@@ -184,3 +184,24 @@ def test_preview_rows_and_contact_sheet_show_the_same_prompts_per_run(tmp_path, 
     for top, colour in zip(tops[1:], colours.values()):  # then a (red) and b (blue)
         assert np.abs(sheet[top + gap + height // 2, left].astype(int) - colour).max() < 40
     assert sheet[: references.shape[0], : run_ablation.LABEL_WIDTH].min() < 100  # the label's black text
+
+
+def test_loss_change_against_the_baseline_is_paired_clip_by_clip(tmp_path):
+    """The held-out loss row: the mean of (run − a_released s1) over the same clips, with the bootstrap of those
+    differences; missing where a run (or the baseline) has no per-clip losses."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.4, 50)
+    worse = base + rng.normal(0.01, 0.01, 50)  # worse by about 0.01, clip by clip: less than the clips spread
+
+    def entry(losses):
+        region = {"gain": 0.1, "low": 0.05, "high": 0.15, "own_losses": list(losses)}
+        return {"reference_gain": {"sigma=0.8": {"all": region}}}
+
+    results = {"a_released": {"1": entry(base)}, "b_no_spatial_offset": {"1": entry(worse), "2": {}}}
+    row = next(r for r in run_ablation.table(results).splitlines() if r.startswith("| held-out loss") and "0.8" in r)
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    expected = (worse - base).mean()
+    assert cells[0] == "0.000 [0.000, 0.000]" and cells[2] == "–"
+    mean, low, high = (float(x) for x in cells[1].replace("[", "").replace("]", "").replace(",", "").split())
+    assert mean == pytest.approx(expected, abs=5e-4)
+    assert low < mean < high and high - low < 0.01  # paired: the clips' own spread (0.06) does not enter

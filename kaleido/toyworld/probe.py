@@ -59,7 +59,9 @@ def reference_gain(
 ) -> dict:
     """samples: latent-cache items ({"x0": (t, C, h, w), "context", "references": (N, C, h, w), "id"}), at least two
     with each reference count present. Returns {"sigma=<σ>": {"all": {...}, "subjects": {...}}} with, per region,
-    the mean losses ("own", "other"), "gain" and its interval ("low", "high"), and "samples"."""
+    the mean losses ("own", "other"), "gain" and its interval ("low", "high"), "samples", and the loss with the own
+    references per sample ("own_losses", in order): with the same samples, σ and seed every network sees the same
+    noised latents, so two networks' losses can be compared sample by sample."""
     by_count: dict[int, list[int]] = {}
     for i, sample in enumerate(samples):
         by_count.setdefault(sample["references"].shape[0], []).append(i)
@@ -99,6 +101,7 @@ def reference_gain(
                 "low": low,
                 "high": high,
                 "samples": len(own),
+                "own_losses": [round(value, 6) for value in own],
             }
         results[f"sigma={sigma:g}"] = entry
     return results
