@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kaleido.curation.records import Rejection
 from kaleido.curation.video import SourceError, decode, probe
 
 CHUNK_FRAMES = 320  # the source is analysed in runs of this many output frames, so memory stays bounded
@@ -37,22 +38,6 @@ class Analysis:
     sharpness: np.ndarray
     change: np.ndarray
     variable_rate: bool
-
-
-@dataclass
-class Rejection:
-    """Why something was dropped: the `stage`, the `item` (a source path, or 'path#start-end' for frames start to
-    end − 1), a short `reason`, and the measured `score` against its `threshold` where there is one."""
-
-    stage: str
-    item: str
-    reason: str
-    score: float | None = None
-    threshold: float | None = None
-    detail: str = ""
-
-    def record(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != ""}
 
 
 @dataclass
