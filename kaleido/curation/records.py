@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass
@@ -16,6 +18,7 @@ class Rejection:
     score: float | None = None
     threshold: float | None = None
     detail: str = ""
+    image: np.ndarray | None = field(default=None, repr=False)  # what was rejected, for the report's sheets
 
     def record(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != ""}
+        return {k: v for k, v in self.__dict__.items() if k != "image" and v is not None and v != ""}

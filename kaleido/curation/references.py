@@ -75,7 +75,6 @@ class Candidate:
     frame_index: int = 0
     method: str = "crop"
     scores: dict = field(default_factory=dict)
-    image: np.ndarray | None = None  # the reference image once made (cross_pair.py); None: not yet
 
 
 def box_iou(a: list[float], b: list[float]) -> float:
@@ -136,13 +135,17 @@ class ReferenceFilter:
         self.min_similarity, self.face_threshold = float(min_similarity), float(face_threshold)
         self.image_text, self.detector = image_text, detector
 
-    def __call__(self, candidates: list[Candidate], item: str) -> tuple[list[Candidate], list[Rejection]]:
+    def __call__(
+        self, candidates: list[Candidate], item: str, made: bool = False
+    ) -> tuple[list[Candidate], list[Rejection]]:
         """`candidates`: the references of one sample (its subjects, each on its frame); `item`: the sample's name
-        for the report. Boxes overlap only with other candidates on the same frame."""
+        for the report. Boxes overlap only with other candidates on the same frame. `made`: the candidates are
+        references already made (stage 4: `frame` is the reference image, `mask` the subject in it), so the checks
+        of the subject's place in its frame (size, overlap) do not apply."""
         kept, rejected = [], []
         for index, candidate in enumerate(candidates):
             others = [c.box for j, c in enumerate(candidates) if j != index and c.frame_index == candidate.frame_index]
-            failure = self.check(candidate, others)
+            failure = self.check(candidate, [] if made else others, made)
             if failure is None:
                 kept.append(candidate)
             else:
@@ -153,20 +156,25 @@ class ReferenceFilter:
                 )
         return kept, rejected
 
-    def check(self, candidate: Candidate, other_boxes: list[list[float]]) -> tuple[str, float, float] | None:
+    def check(
+        self, candidate: Candidate, other_boxes: list[list[float]], made: bool = False
+    ) -> tuple[str, float, float] | None:
         """Fill candidate.scores; (reason, score, threshold) of the first failed check, or None."""
         import cv2
 
         scores = candidate.scores
         mask = candidate.mask
-        scores["area"] = float(mask.mean())
-        if scores["area"] < self.min_area:
-            return "too_small", scores["area"], self.min_area
-        if scores["area"] > self.max_area:
-            return "too_large", scores["area"], self.max_area
-        scores["iou"] = max((box_iou(candidate.box, box) for box in other_boxes), default=0.0)
-        if scores["iou"] > self.max_iou:
-            return "overlapping", scores["iou"], self.max_iou
+        if not mask.any():
+            return "empty_mask", 0.0, 0.0
+        if not made:
+            scores["area"] = float(mask.mean())
+            if scores["area"] < self.min_area:
+                return "too_small", scores["area"], self.min_area
+            if scores["area"] > self.max_area:
+                return "too_large", scores["area"], self.max_area
+            scores["iou"] = max((box_iou(candidate.box, box) for box in other_boxes), default=0.0)
+            if scores["iou"] > self.max_iou:
+                return "overlapping", scores["iou"], self.max_iou
         components, main = fragmentation(mask)
         scores["components"], scores["main_component"] = components, main
         if components > self.max_components:
@@ -174,7 +182,7 @@ class ReferenceFilter:
         if main < self.min_main_component:
             return "fragmented", main, self.min_main_component
         # luma and blur inside the mask, on the frame itself: the white outside would add edges at the outline
-        source = candidate.image if candidate.image is not None else candidate.frame
+        source = candidate.frame
         rows, cols = np.any(mask, 1), np.any(mask, 0)
         gray = cv2.cvtColor(np.ascontiguousarray(source[np.ix_(rows, cols)]), cv2.COLOR_RGB2GRAY)
         inside = mask[np.ix_(rows, cols)]

@@ -23,12 +23,20 @@ def background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def moving_shapes(
-    count: int, height: int, width: int, seed: int, shapes: int = 2, speed: float = 0.02, brightness: float = 1.0
+    count: int,
+    height: int,
+    width: int,
+    seed: int,
+    shapes: int = 2,
+    speed: float = 0.02,
+    brightness: float = 1.0,
+    scene: int | None = None,
 ) -> np.ndarray:
     """(count, height, width, 3) uint8: `shapes` discs and squares moving in straight lines (bouncing at the edges) at
-    `speed` frame widths per frame, over a background; `brightness` scales the whole video (0.05: a dark clip)."""
+    `speed` frame widths per frame, over a background; `brightness` scales the whole video (0.05: a dark clip).
+    `scene` seeds the background apart from the shapes (default: `seed`): the same shapes in another scene."""
     rng = np.random.default_rng(seed)
-    base = background(height, width, rng).astype(np.float32)
+    base = background(height, width, np.random.default_rng(seed if scene is None else scene)).astype(np.float32)
     size = np.maximum(4, rng.uniform(0.15, 0.3, shapes) * height).astype(int)
     position = rng.uniform(0.2, 0.8, (shapes, 2)) * (height, width)
     angle = rng.uniform(0, 2 * np.pi, shapes)
