@@ -54,13 +54,10 @@ def _import_target(target: str):
     return getattr(module, attr)
 
 
-def instantiate_from_config(node, path: str = "config", where=lambda path: "config", external_targets=()):
-    """Build `target(**params)` from a `{target: ..., params: {...}}` node.
-
-    Any param that is itself such a node is built first (depth first). `target:` must name a module of this
-    project unless its prefix is listed in `external_targets` (an explicit opt-in, e.g. ['mypackage.']).
-    `where(path)` names the file or override that set a key, for error messages.
-    """
+def check_component(node, path: str = "config", where=lambda path: "config", external_targets=()):
+    """The factory of a `{target: ..., params: {...}}` node after checking the node without building anything: the
+    target is importable (and of this project unless listed in `external_targets`), every param is one it accepts
+    and every required one is given. Errors name the config path and its origin (`where`)."""
     if not isinstance(node, dict) or "target" not in node:
         raise InstantiationError(f"{where(path)}: '{path}' must be a mapping with 'target:' and optional 'params:'")
     extra = sorted(set(node) - {"target", "params"})
@@ -102,6 +99,18 @@ def instantiate_from_config(node, path: str = "config", where=lambda path: "conf
             if parameters[key].default is inspect.Parameter.empty and key not in params:
                 raise InstantiationError(f"{where(f'{path}.params')}: '{path}.params.{key}' is required by {target}")
 
+    return factory
+
+
+def instantiate_from_config(node, path: str = "config", where=lambda path: "config", external_targets=()):
+    """Build `target(**params)` from a `{target: ..., params: {...}}` node (checked by check_component first).
+
+    Any param that is itself such a node is built first (depth first). `target:` must name a module of this
+    project unless its prefix is listed in `external_targets` (an explicit opt-in, e.g. ['mypackage.']).
+    `where(path)` names the file or override that set a key, for error messages.
+    """
+    factory = check_component(node, path, where, external_targets)
+    target, params = str(node["target"]), node.get("params") or {}
     kwargs = {}
     for key, value in params.items():
         if isinstance(value, dict) and "target" in value:

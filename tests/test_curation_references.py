@@ -135,3 +135,44 @@ def test_text_similarity_and_the_face_rule_use_the_models():
     assert [k.phrase for k in kept] == ["a man", "a red ball"] and kept[0].scores["face"] == 0.9
     assert [(r.reason, r.score, r.threshold) for r in rejected] == [("no_face", 0.0, 0.3)]
     assert detector.calls == [((30, 30), ["face"])] * 2  # asked in the person's box only, never for the ball
+
+
+def test_white_background_without_changes_is_the_masked_crop_and_is_seeded_by_sample():
+    from kaleido.curation.cross_pair import WhiteBackground
+
+    frame = red_frame()
+    mask = box_mask((20, 10, 50, 40))
+    mask[10:14, 20:24] = False  # a notch: white in the reference
+    subject = candidate(frame=frame, mask=mask)
+    plain = WhiteBackground(max_rotation=0, min_scale=1, margin=0)(subject, "clip0")
+    assert np.array_equal(plain.frame, on_white(frame, mask)) and np.array_equal(plain.mask, mask[10:40, 20:50])
+    assert plain.method == "white" and plain.box == [0.0, 0.0, 30.0, 30.0] and plain.phrase == subject.phrase
+    turned = WhiteBackground(max_rotation=30, margin=0.1)
+    first, again, other = turned(subject, "clip0"), turned(subject, "clip0"), turned(subject, "clip7")
+    assert np.array_equal(first.frame, again.frame) and not np.array_equal(first.frame, other.frame)
+    corners = first.frame[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 255).all() and first.mask.sum() > 0.6 * mask.sum()  # on white, the subject kept (scale ≥ 0.85)
+
+
+def test_cross_clip_association_takes_the_most_similar_subject_far_enough_away():
+    from kaleido.curation.cross_pair import CrossClipAssociation
+
+    class ByColour:
+        def embeddings(self, images):
+            rows = [np.asarray(image, np.float32).reshape(-1, 3).mean(0) for image in images]
+            return np.stack([r / np.linalg.norm(r) for r in rows])
+
+    def flat(colour):
+        frame = np.zeros((H, W, 3), np.uint8)
+        frame[:] = colour
+        return candidate(frame=frame)
+
+    red, dark_red, blue = flat((200, 20, 20)), flat((150, 20, 20)), flat((20, 20, 200))
+    association = CrossClipAssociation(ByColour(), min_similarity=0.9, min_gap_seconds=2.0)
+    pool = [(red, 0.5), (dark_red, 4.0), (blue, 5.0)]
+    matches = association.match([(red, 0.0), (blue, 0.0), (blue, 4.0)], pool)
+    # red: itself at 0.5 s is too close, the dark red 4 s later matches; blue at 0 s: the blue at 5 s; blue at 4 s:
+    # only the red at 0.5 s is far enough, and it is not similar enough
+    assert matches[0][0] == 1 and matches[1][0] == 2 and matches[2] is None
+    assert matches[1][1] == pytest.approx(1.0)
+    assert association.match([], pool) == [] and association.match([(red, 0.0)], []) == [None]

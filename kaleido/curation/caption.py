@@ -64,7 +64,7 @@ class CaptionStage:
 
         images = [Image.fromarray(frames[i]) for i in key_frame_indices(len(frames), self.key_frames)]
         answer = self.captioner.generate(images, self.question, max_new_tokens=self.max_new_tokens)
-        caption = " ".join(answer.split())
+        caption = " ".join(answer.replace("\ufffd", " ").split())  # bytes a tokenizer could not decode
         if not WORD.search(caption):
             return Rejection(self.stage, item, "caption_unparsable", detail=repr(answer[:200]))
         rest = self.captioner.generate(

@@ -328,11 +328,11 @@ def run_local(raw: Path, out: Path, stages: Stages, args: BuildArgs, progress=No
     return finish(out, [s.relative_to(raw).as_posix() for s in sources])
 
 
-def build_stages(config, args: BuildArgs) -> Stages:
-    """Load the models of `models:` once, then build the stages of `stages:`; a stage parameter whose value is
-    "models.<name>" gets that model. Unknown or missing stages and unused models are errors naming the key."""
+def check_stages(config, args: BuildArgs) -> set[str]:
+    """The names of the models the stages use; unknown or missing stages, unused models and models that `models:`
+    lacks are errors naming the key."""
     from sat.config import ConfigError
-    from sgm.util import instantiate_from_config, parse_dtype
+    from sgm.util import check_component
 
     models_config, stages_config = config.section("models"), config.section("stages")
     wanted = {*STAGES, *args.cross_pair}
@@ -353,13 +353,47 @@ def build_stages(config, args: BuildArgs) -> Stages:
     for name in models_config:
         if name not in referenced:
             raise ConfigError(f"{config.where(f'models.{name}')}: model 'models.{name}' is used by no stage")
+    for name in sorted(referenced - set(models_config)):
+        raise ConfigError(f"{config.where('stages')}: a stage names 'models.{name}', which `models:` lacks")
+    # every component's target and params, before any model is loaded
+    for name, node in models_config.items():
+        check_component(model_node(name, node, args), f"models.{name}", config.where)
+    for name, node in stages_config.items():
+        check_component(node, f"stages.{name}", config.where)
+    return referenced
+
+
+def model_node(name: str, node: dict, args: BuildArgs) -> dict:
+    """A `models:` entry with the run's device and dtype and the key its errors name, unless it sets them."""
+    from sgm.util import parse_dtype
+
+    node = dict(node)
+    params = {"key": f"models.{name}.params.model_id", "device": args.device, "dtype": parse_dtype(args.dtype)}
+    node["params"] = params | dict(node.get("params") or {})
+    return node
+
+
+def check_models(config, args: BuildArgs) -> None:
+    """check_stages, and every model found on disk (or a tiny one built), without loading any: for a runner whose
+    workers load them, so that a missing model is one clear error before any work."""
+    from kaleido.vision import resolve_model
+
+    for name in sorted(check_stages(config, args)):
+        model_id = (config.section("models")[name].get("params") or {}).get("model_id")
+        if model_id is not None:
+            resolve_model(str(model_id), f"models.{name}.params.model_id")
+
+
+def build_stages(config, args: BuildArgs) -> Stages:
+    """Load the models of `models:` once, then build the stages of `stages:`; a stage parameter whose value is
+    "models.<name>" gets that model (check_stages says what is checked first)."""
+    from sgm.util import instantiate_from_config
+
+    models_config, stages_config = config.section("models"), config.section("stages")
+    referenced = check_stages(config, args)
     models = {}
     for name in sorted(referenced):
-        if name not in models_config:
-            raise ConfigError(f"{config.where('stages')}: a stage names 'models.{name}', which `models:` lacks")
-        node = dict(models_config[name])
-        params = {"key": f"models.{name}.params.model_id", "device": args.device, "dtype": parse_dtype(args.dtype)}
-        node["params"] = params | dict(node.get("params") or {})
+        node = model_node(name, models_config[name], args)
         models[name] = instantiate_from_config(node, f"models.{name}", config.where)
     built = {}
     for name, node in stages_config.items():
