@@ -19,6 +19,7 @@ Layout of OUT (a sample is visible to the trainer only once its video exists, an
                      references per reason
     .progress/<key>.json   a finished source's records (a rerun skips it); the jsonl files and the report are
                      rebuilt from these after every run, in source order, so they do not depend on the order of work
+    .progress/pending/     clips encoded as soon as they have references, moved into videos/ when written
 
 <id> is `<file stem>-<8 hex digits of the source's path relative to RAW>-<first frame>`.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -100,7 +102,7 @@ def process_source(source: Path, raw: Path, out: Path, stages: Stages, args: Bui
     OUT/.progress/<key>.json): {"source", "samples": [manifest lines], "rejected": [records], "facts"}."""
     relative = source.relative_to(raw).as_posix()
     clips, rejected, facts = stages.slice(source)
-    found = []  # (span, frames, caption, candidates) of the clips with references
+    found = []  # (span, pending video, caption, candidates, item) of the clips with references
     for span in clips:
         frames = decode(source, span.fps, start=span.start / span.fps, count=span.frames, height=args.video_height)
         item = f"{relative}#{span.start}-{span.start + span.frames}"
@@ -117,17 +119,22 @@ def process_source(source: Path, raw: Path, out: Path, stages: Stages, args: Bui
         rejected += missing + dropped
         if kept:
             kept = sorted(kept, key=lambda c: -c.score)[: args.max_references]
-            found.append((span, frames.frames, caption, kept, item))
+            # encoded now, so that a long source's clips are not all held in memory until cross-pairing
+            pending = out / ".progress" / "pending" / f"{sample_id(relative, span.start)}.mp4"
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            files.write_mp4(pending, frames.frames, fps=round(span.fps))
+            found.append((span, pending, caption, kept, item))
         else:
             rejected.append(Rejection("filter", item, "no_reference"))
     references = cross_pair(found, stages, args, rejected)
     samples = []
-    for (span, frames, caption, _, item), made in zip(found, references):
+    for (span, pending, caption, _, item), made in zip(found, references):
         if not made:
             rejected.append(Rejection("cross_pair", item, "no_reference"))
+            pending.unlink()
             continue
         identifier = sample_id(relative, span.start)
-        write_sample(out, identifier, frames, span.fps, caption, [c.frame for c in made])
+        write_sample(out, identifier, pending, caption, [c.frame for c in made])
         samples.append(
             {
                 "id": identifier,
@@ -207,14 +214,15 @@ def method_results(method, found: list, todo: list[tuple[int, int]]) -> list[Can
     return [method(found[i][3][j], found[i][4]) for i, j in todo]
 
 
-def write_sample(out: Path, identifier: str, frames: np.ndarray, fps: float, caption: str, images: list) -> None:
-    """references/<id>/ (a folder renamed into place), then labels/<id>.txt, then videos/<id>.mp4 last."""
+def write_sample(out: Path, identifier: str, video: Path, caption: str, images: list) -> None:
+    """references/<id>/ (a folder renamed into place), then labels/<id>.txt, then the encoded clip `video` renamed
+    to videos/<id>.mp4 last."""
     with files.atomic_directory(out / "references" / identifier, overwrite=True) as folder:
         for k, image in enumerate(images):
             Image.fromarray(image).save(folder / f"ref{k + 1}.png", format="PNG")
     files.write_text(out / "labels" / f"{identifier}.txt", caption + "\n")
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    files.write_mp4(out / "videos" / f"{identifier}.mp4", frames, fps=round(fps))
+    os.replace(video, out / "videos" / f"{identifier}.mp4")
 
 
 def thumbnails(folder: Path, references: list[list[Candidate]], rejected: list[Rejection]) -> None:
@@ -305,7 +313,7 @@ def clean_unfinished(out: Path, relative: str) -> None:
     """Remove what an interrupted run left of a source that has no progress record (its samples start with the
     source's id prefix)."""
     prefix = sample_id(relative, 0)[: -len("000000")]
-    for pattern in (f"videos/{prefix}*", f"labels/{prefix}*", f"references/{prefix}*"):
+    for pattern in (f"videos/{prefix}*", f"labels/{prefix}*", f"references/{prefix}*", f".progress/pending/{prefix}*"):
         for path in out.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
