@@ -6,6 +6,7 @@
     python scripts/benchmark.py text     [--size real|tiny]          umT5-XXL encoder, prompt + negative prompt
     python scripts/benchmark.py e2e-tiny [--compare]                 the tiny CPU config end to end
     python scripts/benchmark.py diffusers-tiny                       our tiny DiT vs diffusers' WanTransformer3DModel
+    python scripts/benchmark.py pipeline-tiny [--sources 6]          the data pipeline's stages on tiny models
     python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
     python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
@@ -443,6 +444,70 @@ def e2e_tiny_benchmark(args) -> dict:
     return record
 
 
+class StageTimer:
+    """A stage of the data pipeline with the seconds spent in it added up (calls made through the wrapper)."""
+
+    def __init__(self, stage, seconds: dict, name: str):
+        self.stage, self.seconds, self.name = stage, seconds, name
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.stage(*args, **kwargs)
+        finally:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - start
+
+
+def pipeline_tiny_benchmark(args) -> dict:
+    """The data pipeline on tiny random models (configs/data/pipeline_tiny.yaml) over synthetic raw videos of two
+    shots each: seconds per sliced clip in each stage, on this machine (the models are tiny: the stages without
+    models, decoding and encoding dominate here as they will not on real models)."""
+    import numpy as np
+
+    from kaleido.curation import pipeline
+    from kaleido.curation.synthetic import moving_shapes, write_source
+    from sat.config import load_config, parse_args
+
+    config = load_config(
+        [str(REPO / "configs/data/kaleido_pipeline.yaml"), str(REPO / "configs/data/pipeline_tiny.yaml")],
+        sections=("models", "stages", "args"),
+    )
+    build_args = parse_args(pipeline.BuildArgs, config)
+    seconds: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("KALEIDO_TINY_MODELS", str(Path(tmp) / "models"))
+        stages = pipeline.build_stages(config, build_args)
+        for name in ("slice", "caption", "ground", "filter"):  # the filter's second pass counts under cross_pair too
+            setattr(stages, name, StageTimer(getattr(stages, name), seconds, name))
+        clips = []
+        slicer = stages.slice
+        stages.slice = lambda source: clips.append(len((result := slicer(source))[0])) or result
+        raw = Path(tmp) / "raw"
+        for k in range(args.sources):
+            video = [moving_shapes(40, 64, 96, seed=k), moving_shapes(30, 64, 96, seed=k, scene=1000 + k)]
+            write_source(raw / f"source{k:03d}.mp4", np.concatenate(video), 16)
+        cross_pair, write_sample = pipeline.cross_pair, pipeline.write_sample
+        pipeline.cross_pair = StageTimer(cross_pair, seconds, "cross_pair")
+        pipeline.write_sample = StageTimer(write_sample, seconds, "write")
+        try:
+            start = time.perf_counter()
+            report = pipeline.run_local(raw, Path(tmp) / "out", stages, build_args)
+            total = time.perf_counter() - start
+        finally:
+            pipeline.cross_pair, pipeline.write_sample = cross_pair, write_sample
+    return {
+        "sources": args.sources,
+        "frames_per_source": 70,
+        "size": [64, 96],
+        "clips": sum(clips),
+        "samples": report["samples"],
+        "seconds_total": total,
+        "seconds_per_source": total / args.sources,
+        "seconds_per_stage": seconds,
+        "seconds_per_clip": {name: value / max(1, sum(clips)) for name, value in seconds.items() if name != "slice"},
+    }
+
+
 def diffusers_tiny_benchmark(args) -> dict:
     """Our tiny DiT against diffusers' WanTransformer3DModel with the same weights and inputs (no references)."""
     try:
@@ -608,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "text": text_benchmark,
         "e2e-tiny": e2e_tiny_benchmark,
         "diffusers-tiny": diffusers_tiny_benchmark,
+        "pipeline-tiny": pipeline_tiny_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -630,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
         if name in ("block", "step", "e2e-tiny"):
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
+        if name == "pipeline-tiny":
+            sub.add_argument("--sources", type=int, default=6, help="synthetic raw videos (two shots each)")
     args = parser.parse_args(argv)
     use_exact_fp32()  # the fp32 references and the fp32 VAE are exact fp32, as on the CPU
     if args.mode in runners:

@@ -155,3 +155,13 @@ def test_compare_prints_the_ratio(capsys):
         f"block: ours {ours * 1e3:.1f} ms, reference implementation {reference * 1e3:.1f} ms: {reference / ours:.2f}× faster"
         in captured.err
     )
+
+
+def test_pipeline_mode_times_every_stage_of_the_data_pipeline(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KALEIDO_TINY_MODELS", str(tmp_path))
+    result = run_mode(capsys, "pipeline-tiny", "--sources", "1")["result"]
+    assert result["clips"] == 2  # one source of two shots: a clip each
+    assert set(result["seconds_per_stage"]) == {"slice", "caption", "ground", "filter", "cross_pair", "write"} or (
+        result["samples"] == 0 and {"slice", "caption"} <= set(result["seconds_per_stage"])
+    )
+    assert all(value > 0 for value in result["seconds_per_stage"].values())
