@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from kaleido import files
+from kaleido.curation.clips import ClipSpan
 from kaleido.curation.records import Rejection
 from kaleido.curation.references import Candidate, on_white
 from kaleido.curation.video import decode, iter_sources
@@ -88,6 +89,22 @@ class Stages:
     cross_pair: list = field(default_factory=list)
 
 
+@dataclass
+class Found:
+    """A clip that has references: its span, its encoded video (waiting in .progress/pending), its caption, its
+    kept candidates (best first) and its name in the report."""
+
+    span: ClipSpan
+    video: Path
+    caption: str
+    candidates: list[Candidate]
+    item: str
+
+    def time_of(self, candidate: Candidate) -> float:
+        """Seconds into the source of the frame the candidate was seen in."""
+        return self.span.seconds[0] + candidate.frame_index / self.span.fps
+
+
 def source_key(relative: str) -> str:
     return hashlib.sha256(relative.encode()).hexdigest()[:8]
 
@@ -102,7 +119,7 @@ def process_source(source: Path, raw: Path, out: Path, stages: Stages, args: Bui
     OUT/.progress/<key>.json): {"source", "samples": [manifest lines], "rejected": [records], "facts"}."""
     relative = source.relative_to(raw).as_posix()
     clips, rejected, facts = stages.slice(source)
-    found = []  # (span, pending video, caption, candidates, item) of the clips with references
+    found: list[Found] = []
     for span in clips:
         frames = decode(source, span.fps, start=span.start / span.fps, count=span.frames, height=args.video_height)
         item = f"{relative}#{span.start}-{span.start + span.frames}"
@@ -123,18 +140,19 @@ def process_source(source: Path, raw: Path, out: Path, stages: Stages, args: Bui
             pending = out / ".progress" / "pending" / f"{sample_id(relative, span.start)}.mp4"
             pending.parent.mkdir(parents=True, exist_ok=True)
             files.write_mp4(pending, frames.frames, fps=round(span.fps))
-            found.append((span, pending, caption, kept, item))
+            found.append(Found(span, pending, caption, kept, item))
         else:
             rejected.append(Rejection("filter", item, "no_reference"))
     references = cross_pair(found, stages, args, rejected)
     samples = []
-    for (span, pending, caption, _, item), made in zip(found, references):
+    for clip, made in zip(found, references):
+        span, caption = clip.span, clip.caption
         if not made:
-            rejected.append(Rejection("cross_pair", item, "no_reference"))
-            pending.unlink()
+            rejected.append(Rejection("cross_pair", clip.item, "no_reference"))
+            clip.video.unlink()
             continue
         identifier = sample_id(relative, span.start)
-        write_sample(out, identifier, pending, caption, [c.frame for c in made])
+        write_sample(out, identifier, clip.video, caption, [c.frame for c in made])
         samples.append(
             {
                 "id": identifier,
@@ -160,10 +178,10 @@ def process_source(source: Path, raw: Path, out: Path, stages: Stages, args: Bui
     return record
 
 
-def cross_pair(found: list, stages: Stages, args: BuildArgs, rejected: list[Rejection]) -> list[list[Candidate]]:
+def cross_pair(found: list[Found], stages: Stages, args: BuildArgs, rejected: list[Rejection]) -> list[list[Candidate]]:
     """Per clip in `found`, its references made by the first method that works for each subject and that passes
     the filter again (subjects for which none does are rejected)."""
-    made: list[list[Candidate | None]] = [[None] * len(kept) for _, _, _, kept, _ in found]
+    made: list[list[Candidate | None]] = [[None] * len(clip.candidates) for clip in found]
     for method in stages.cross_pair:
         todo = [(i, j) for i, refs in enumerate(made) for j, ref in enumerate(refs) if ref is None]
         if not todo:
@@ -172,7 +190,7 @@ def cross_pair(found: list, stages: Stages, args: BuildArgs, rejected: list[Reje
         for (i, j), result in zip(todo, results):
             if result is None:
                 continue
-            item = found[i][4]
+            item = found[i].item
             kept, dropped = stages.filter([result], item, made=True)
             rejected.extend(dropped)
             if kept:
@@ -180,23 +198,19 @@ def cross_pair(found: list, stages: Stages, args: BuildArgs, rejected: list[Reje
     for i, refs in enumerate(made):
         for j, ref in enumerate(refs):
             if ref is None:
-                candidate = found[i][3][j]
+                candidate = found[i].candidates[j]
                 image = on_white(candidate.frame, candidate.mask)
-                rejected.append(Rejection("cross_pair", f"{found[i][4]}#{candidate.phrase}", "unpaired", image=image))
+                rejected.append(Rejection("cross_pair", f"{found[i].item}#{candidate.phrase}", "unpaired", image=image))
     return [[ref for ref in refs if ref is not None] for refs in made]
 
 
-def method_results(method, found: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
+def method_results(method, found: list[Found], todo: list[tuple[int, int]]) -> list[Candidate | None]:
     """The references that `method` makes for the subjects `todo` ((clip, subject) indices into `found`)."""
     from kaleido.curation.cross_pair import CrossClipAssociation, made_reference
 
     if isinstance(method, CrossClipAssociation):
-        pool = [
-            (c, found[i][0].seconds[0] + c.frame_index / found[i][0].fps, i) for i, f in enumerate(found) for c in f[3]
-        ]
-        subjects = [
-            (found[i][3][j], found[i][0].seconds[0] + found[i][3][j].frame_index / found[i][0].fps) for i, j in todo
-        ]
+        pool = [(c, clip.time_of(c), i) for i, clip in enumerate(found) for c in clip.candidates]
+        subjects = [(found[i].candidates[j], found[i].time_of(found[i].candidates[j])) for i, j in todo]
         matches = method.match(subjects, [(c, t) for c, t, _ in pool])
         results = []
         for (i, j), match in zip(todo, matches):
@@ -206,12 +220,12 @@ def method_results(method, found: list, todo: list[tuple[int, int]]) -> list[Can
             other = pool[match[0]][0]
             rows, cols = np.any(other.mask, 1), np.any(other.mask, 0)
             result = made_reference(
-                found[i][3][j], on_white(other.frame, other.mask), other.mask[np.ix_(rows, cols)], method.method
+                found[i].candidates[j], on_white(other.frame, other.mask), other.mask[np.ix_(rows, cols)], method.method
             )
             result.scores = {"association": round(match[1], 6)}
             results.append(result)
         return results
-    return [method(found[i][3][j], found[i][4]) for i, j in todo]
+    return [method(found[i].candidates[j], found[i].item) for i, j in todo]
 
 
 def write_sample(out: Path, identifier: str, video: Path, caption: str, images: list) -> None:
