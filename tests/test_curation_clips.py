@@ -65,8 +65,9 @@ def test_a_variable_rate_source_is_resampled_by_its_timestamps(tmp_path):
         (lambda p: p.write_bytes(b""), "unreadable"),
         (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "unreadable"),
         ("audio", "no_video"),
+        ("codec", "unsupported_codec"),
     ],
-    ids=["empty", "corrupt", "audio-only"],
+    ids=["empty", "corrupt", "audio-only", "unknown-codec"],
 )
 def test_unusable_sources_are_named_with_a_reason(tmp_path, make, reason):
     path = tmp_path / "bad.mp4"
@@ -80,6 +81,9 @@ def test_unusable_sources_are_named_with_a_reason(tmp_path, make, reason):
             frame.rate = 8000
             for packet in [*stream.encode(frame), *stream.encode()]:
                 container.mux(packet)
+    elif make == "codec":  # an H.264 file whose sample entry names a codec no one knows
+        good = write_source(tmp_path / "good.mp4", moving_shapes(8, H, W, seed=1), 16).read_bytes()
+        path.write_bytes(good.replace(b"avc1", b"zzzz"))
     else:
         make(path)
     with pytest.raises(SourceError) as caught:

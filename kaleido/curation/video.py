@@ -54,6 +54,8 @@ def probe(path: str | Path) -> SourceInfo:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise SourceError("no_video", f"{path}: no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # a codec FFmpeg does not know: no decoder to open
+                raise SourceError("unsupported_codec", f"{path}: no decoder for its video codec")
             codec = stream.codec_context.name
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
