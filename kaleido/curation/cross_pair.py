@@ -8,7 +8,9 @@ the model to paste the crop back (copy-paste); each method here makes the refere
   to max_rotation degrees and scaled by min_scale…1, deterministic by seed and sample.
 
 The pipeline tries its methods in the configured order for each subject; the first that makes a reference wins.
-Stage 3's filter then runs again on the results.
+Stage 3's filter then runs again on the results. Every method has `make(clips, todo)`: `clips` are a source's clips
+with references (each with `candidates`, `item` and `time_of(candidate)`, kaleido.curation.pipeline.Found), `todo`
+the (clip, subject) indices still without a reference; it returns a reference Candidate or None for each.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class WhiteBackground:
         image, inside = np.ascontiguousarray(image[y0:y1, x0:x1]), inside[y0:y1, x0:x1]
         return made_reference(candidate, image, inside, self.method)
 
+    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
+        return [self(clips[i].candidates[j], clips[i].item) for i, j in todo]
+
 
 def made_reference(candidate: Candidate, image: np.ndarray, mask: np.ndarray, method: str) -> Candidate:
     """A Candidate for a made reference: `image` as its frame, `mask` the subject in it, the box around the mask;
@@ -97,3 +102,20 @@ class CrossClipAssociation:
             ok = best is not None and similarity[i, best] >= self.min_similarity
             matches.append((best, float(similarity[i, best])) if ok else None)
         return matches
+
+    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
+        """Each subject's best match among the subjects of the source's other clips, on white."""
+        pool = [(c, clip.time_of(c), i) for i, clip in enumerate(clips) for c in clip.candidates]
+        subjects = [(clips[i].candidates[j], clips[i].time_of(clips[i].candidates[j])) for i, j in todo]
+        results = []
+        for (i, j), match in zip(todo, self.match(subjects, [(c, t) for c, t, _ in pool])):
+            if match is None or pool[match[0]][2] == i:  # a clip's own subjects are never its reference
+                results.append(None)
+                continue
+            other = pool[match[0]][0]
+            rows, cols = np.any(other.mask, 1), np.any(other.mask, 0)
+            image, mask = on_white(other.frame, other.mask), other.mask[np.ix_(rows, cols)]
+            result = made_reference(clips[i].candidates[j], image, mask, self.method)
+            result.scores = {"association": round(match[1], 6)}
+            results.append(result)
+        return results

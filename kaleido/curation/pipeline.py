@@ -186,7 +186,7 @@ def cross_pair(found: list[Found], stages: Stages, args: BuildArgs, rejected: li
         todo = [(i, j) for i, refs in enumerate(made) for j, ref in enumerate(refs) if ref is None]
         if not todo:
             break
-        results = method_results(method, found, todo)
+        results = method.make(found, todo)
         for (i, j), result in zip(todo, results):
             if result is None:
                 continue
@@ -202,30 +202,6 @@ def cross_pair(found: list[Found], stages: Stages, args: BuildArgs, rejected: li
                 image = on_white(candidate.frame, candidate.mask)
                 rejected.append(Rejection("cross_pair", f"{found[i].item}#{candidate.phrase}", "unpaired", image=image))
     return [[ref for ref in refs if ref is not None] for refs in made]
-
-
-def method_results(method, found: list[Found], todo: list[tuple[int, int]]) -> list[Candidate | None]:
-    """The references that `method` makes for the subjects `todo` ((clip, subject) indices into `found`)."""
-    from kaleido.curation.cross_pair import CrossClipAssociation, made_reference
-
-    if isinstance(method, CrossClipAssociation):
-        pool = [(c, clip.time_of(c), i) for i, clip in enumerate(found) for c in clip.candidates]
-        subjects = [(found[i].candidates[j], found[i].time_of(found[i].candidates[j])) for i, j in todo]
-        matches = method.match(subjects, [(c, t) for c, t, _ in pool])
-        results = []
-        for (i, j), match in zip(todo, matches):
-            if match is None or pool[match[0]][2] == i:
-                results.append(None)
-                continue
-            other = pool[match[0]][0]
-            rows, cols = np.any(other.mask, 1), np.any(other.mask, 0)
-            result = made_reference(
-                found[i].candidates[j], on_white(other.frame, other.mask), other.mask[np.ix_(rows, cols)], method.method
-            )
-            result.scores = {"association": round(match[1], 6)}
-            results.append(result)
-        return results
-    return [method(found[i].candidates[j], found[i].item) for i, j in todo]
 
 
 def write_sample(out: Path, identifier: str, video: Path, caption: str, images: list) -> None:
