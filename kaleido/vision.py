@@ -45,7 +45,7 @@ from transformers.utils import ModelOutput
 Processor = transformers.ProcessorMixin | transformers.ImageProcessingMixin
 
 TINY_PREFIX = "tiny:"
-TINY_MODELS = ("qwen2.5-vl", "grounding-dino", "sam", "clip", "dinov2")
+TINY_MODELS = ("qwen2.5-vl", "grounding-dino", "sam", "clip", "dinov2", "flux", "flux-fill", "flux-redux")
 TINY_ROOT_ENV = "KALEIDO_TINY_MODELS"  # where tiny models are built; default ~/.cache/kaleido/tiny_models
 
 
@@ -306,7 +306,8 @@ def _unit(output: torch.Tensor | ModelOutput) -> np.ndarray:
 
 
 def build_tiny(name: str, folder: Path) -> None:
-    """Save a tiny random model `name` (one of TINY_MODELS) and its processor into `folder`.
+    """Save a tiny random model `name` (one of TINY_MODELS) and its processor (or its diffusers pipeline) into
+    `folder`.
 
     Deterministic (seeded), built offline: the tokenizers come from small vocabularies written here.
     """
@@ -317,16 +318,21 @@ def build_tiny(name: str, folder: Path) -> None:
         "clip": _tiny_clip,
         "dinov2": _tiny_dinov2,
     }
-    if name not in builders:
+    if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}: expected one of {list(TINY_MODELS)}")
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random stream
         torch.manual_seed(0)
+        if name not in builders:  # the FLUX pipelines (diffusers), kaleido.flux
+            from kaleido.flux import build_tiny_flux
+
+            build_tiny_flux(name, folder)
+            return
         model, processor = builders[name]()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """The 256 symbols of byte-level BPE (one per byte), in a fixed order."""
     return sorted(pre_tokenizers.ByteLevel.alphabet())
 
@@ -361,7 +367,7 @@ QWEN_SPECIAL_TOKENS = (
 def _tiny_qwen2_5_vl() -> tuple[transformers.PreTrainedModel, Processor]:
     """Qwen2.5-VL: 2 text layers of width 32, 2 vision blocks of width 32, 4-px patches, images of at most 32²
     px; byte-level vocabulary (no merges) plus the chat and vision special tokens."""
-    vocab = {s: i for i, s in enumerate(_byte_symbols() + list(QWEN_SPECIAL_TOKENS))}
+    vocab = {s: i for i, s in enumerate(byte_symbols() + list(QWEN_SPECIAL_TOKENS))}
     tokenizer = transformers.Qwen2Tokenizer(
         vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
@@ -503,7 +509,7 @@ def _tiny_sam() -> tuple[transformers.PreTrainedModel, Processor]:
 def _tiny_clip() -> tuple[transformers.PreTrainedModel, Processor]:
     """CLIP: 2-layer text and vision transformers of width 32, 32² px images (8-px patches), 16-d embeddings;
     byte-level vocabulary (no merges) with CLIP's end-of-word forms."""
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     vocab = {t: i for i, t in enumerate(symbols + [f"{s}</w>" for s in symbols] + [bos, eos])}
     tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)

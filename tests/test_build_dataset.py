@@ -2,6 +2,7 @@
 outputs are meaningless, the plumbing is real): raw folder -> dataset -> 2 training steps; the Ray runner equals the
 local one; bad configurations are one line before any work."""
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,31 @@ def test_a_bad_configuration_is_one_line_before_any_work(raw, tiny_models, tmp_p
     result = build(raw, tmp_path / "out", tiny_models, *overrides)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+RERENDER = ["configs/data/rerender_flux.yaml", "configs/data/rerender_flux_tiny.yaml"]
+
+
+def methods(out):
+    """The cross-pair methods that made the references of the dataset `out`."""
+    samples = map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
+    return {ref["method"] for sample in samples for ref in sample["references"]}
+
+
+def test_generative_methods_make_references_in_the_configured_order(raw, tiny_models, tmp_path):
+    # one.mp4 has a single clip: no other clip to pair with, so FLUX Redux makes its reference
+    result = build(raw, tmp_path / "redux", tiny_models, *RERENDER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "redux" in methods(tmp_path / "redux") <= {"cross_clip", "redux"}
+    # Redux finding nothing (no detection scores above 1): inpainting is next
+    overrides = ["args.cross_pair=[redux,inpaint]", "stages.redux.params.box_threshold=1.01"]
+    result = build(raw, tmp_path / "inpaint", tiny_models, *RERENDER, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert methods(tmp_path / "inpaint") == {"inpaint"}
+
+
+def test_methods_left_out_of_cross_pair_load_no_model(raw, tiny_models, tmp_path):
+    overrides = ["args.cross_pair=[white]", "models.embedder.params.model_id=nobody/no-such-model"]
+    result = build(raw, tmp_path / "white", tiny_models, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert methods(tmp_path / "white") == {"white"}

@@ -327,38 +327,45 @@ def run_local(raw: Path, out: Path, stages: Stages, args: BuildArgs, progress=No
 
 
 def check_stages(config, args: BuildArgs) -> set[str]:
-    """The names of the models the stages use; unknown or missing stages, unused models and models that `models:`
-    lacks are errors naming the key."""
+    """The names of the models the used stages need (the four of STAGES and the methods in args.cross_pair).
+
+    `stages:` may hold more cross-pair methods than args.cross_pair picks (an overlay adds methods; one option
+    chooses among them): those are checked but not built, and models only they name are not loaded. Any other
+    unknown stage, a missing stage, a model no stage names and a stage naming a model `models:` lacks are errors
+    naming the key; every component's target and params are checked before any model is loaded."""
     from sat.config import ConfigError
     from sgm.util import check_component
 
     models_config, stages_config = config.section("models"), config.section("stages")
     wanted = {*STAGES, *args.cross_pair}
-    for name in stages_config:
-        if name not in wanted:
+    for name in sorted(wanted - set(stages_config)):
+        raise ConfigError(f"{config.where('stages')}: 'stages.{name}' is missing (a target: and params: node)")
+    for name, node in stages_config.items():
+        method = name in wanted or (isinstance(node, dict) and "target" in node)
+        factory = check_component(node, f"stages.{name}", config.where) if method else None
+        if name not in wanted and not hasattr(factory, "make"):
             raise ConfigError(
                 f"{config.where(f'stages.{name}')}: stage 'stages.{name}' is not used (stages: {list(STAGES)} and "
                 f"the methods in args.cross_pair {args.cross_pair})"
             )
-    for name in sorted(wanted - set(stages_config)):
-        raise ConfigError(f"{config.where('stages')}: 'stages.{name}' is missing (a target: and params: node)")
-    referenced = {
-        value.split(".", 1)[1]
-        for node in stages_config.values()
-        for value in (node.get("params") or {}).values()
-        if isinstance(value, str) and value.startswith("models.")
-    }
+
+    def models_of(names) -> set[str]:
+        return {
+            value.split(".", 1)[1]
+            for name in names
+            for value in (stages_config[name].get("params") or {}).values()
+            if isinstance(value, str) and value.startswith("models.")
+        }
+
+    named, used = models_of(stages_config), models_of(wanted)
     for name in models_config:
-        if name not in referenced:
+        if name not in named:
             raise ConfigError(f"{config.where(f'models.{name}')}: model 'models.{name}' is used by no stage")
-    for name in sorted(referenced - set(models_config)):
+    for name in sorted(named - set(models_config)):
         raise ConfigError(f"{config.where('stages')}: a stage names 'models.{name}', which `models:` lacks")
-    # every component's target and params, before any model is loaded
     for name, node in models_config.items():
         check_component(model_node(name, node, args), f"models.{name}", config.where)
-    for name, node in stages_config.items():
-        check_component(node, f"stages.{name}", config.where)
-    return referenced
+    return used
 
 
 def model_node(name: str, node: dict, args: BuildArgs) -> dict:
@@ -377,9 +384,9 @@ def check_models(config, args: BuildArgs) -> None:
     from kaleido.vision import resolve_model
 
     for name in sorted(check_stages(config, args)):
-        model_id = (config.section("models")[name].get("params") or {}).get("model_id")
-        if model_id is not None:
-            resolve_model(str(model_id), f"models.{name}.params.model_id")
+        for key, value in (config.section("models")[name].get("params") or {}).items():
+            if key.endswith("model_id") and value is not None:  # model_id, and base_model_id of FLUX Redux
+                resolve_model(str(value), f"models.{name}.params.{key}")
 
 
 def build_stages(config, args: BuildArgs) -> Stages:
@@ -395,6 +402,8 @@ def build_stages(config, args: BuildArgs) -> Stages:
         models[name] = instantiate_from_config(node, f"models.{name}", config.where)
     built = {}
     for name, node in stages_config.items():
+        if name not in {*STAGES, *args.cross_pair}:
+            continue
         node = dict(node)
         params = dict(node.get("params") or {})
         for key, value in params.items():
