@@ -7,6 +7,7 @@
     python scripts/benchmark.py e2e-tiny [--compare]                 the tiny CPU config end to end
     python scripts/benchmark.py diffusers-tiny                       our tiny DiT vs diffusers' WanTransformer3DModel
     python scripts/benchmark.py pipeline-tiny [--sources 6]          the data pipeline's stages on tiny models
+    python scripts/benchmark.py pipeline-cost [--gpu h100] [--generative]   its real models projected per GPU
     python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
     python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
@@ -508,6 +509,54 @@ def pipeline_tiny_benchmark(args) -> dict:
     }
 
 
+def pipeline_cost_benchmark(args) -> dict:
+    """The data pipeline on its real models, projected (kaleido/curation/cost.py): GPU seconds per clip per stage on
+    --gpu for the settings of configs/data/kaleido_pipeline.yaml (and rerender_flux.yaml with --generative); and,
+    measured on this CPU, the seconds per clip of slicing (decode, cuts, brightness, blur, optical flow) a
+    synthetic 480×832 source of two 100-frame shots at the real settings, the part of the work that needs no GPU."""
+    import numpy as np
+
+    from kaleido.curation import cost
+    from kaleido.curation.clips import ClipSlicer
+    from kaleido.curation.synthetic import moving_shapes, write_source
+    from sat.config import load_config
+
+    files = ["configs/data/kaleido_pipeline.yaml", "configs/data/rerender_flux.yaml"]
+    config = load_config([str(REPO / f) for f in files], sections=("models", "stages", "args"))
+    stages = {name: node.get("params") or {} for name, node in config.section("stages").items()}
+    settings = {
+        "caption_key_frames": stages["caption"]["key_frames"],
+        "caption_max_new_tokens": stages["caption"]["max_new_tokens"],
+        "caption_subject_tokens": stages["caption"]["subject_tokens"],
+        "ground_key_frames": stages["ground"]["key_frames"],
+        "redux_size": stages["redux"]["size"],
+        "redux_steps": stages["redux"]["steps"],
+        "inpaint_size": stages["inpaint"]["size"],
+        "inpaint_steps": stages["inpaint"]["steps"],
+    }
+    assumptions = cost.Assumptions(subjects_per_clip=args.subjects, decode_batch=args.decode_batch, mfu=args.mfu)
+    projection = cost.project(settings, cost.GPUS[args.gpu], assumptions, generative=args.generative)
+    slicer = ClipSlicer(**stages["slice"])
+    with tempfile.TemporaryDirectory() as tmp:
+        shots = [moving_shapes(100, 480, 832, seed=0), moving_shapes(100, 480, 832, seed=0, scene=1)]
+        source = write_source(Path(tmp) / "source.mp4", np.concatenate(shots), 16)
+        start = time.perf_counter()
+        clips, rejected, _ = slicer(source)
+        seconds = time.perf_counter() - start
+    return {
+        "settings": settings,
+        "projection": projection,
+        "cpu_slice": {
+            "source": "480x832, 2 shots of 100 frames at 16 fps",
+            "clips": len(clips),
+            "rejected": [r.reason for r in rejected],
+            "seconds": seconds,
+            "seconds_per_clip": seconds / max(1, len(clips)),
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
 def diffusers_tiny_benchmark(args) -> dict:
     """Our tiny DiT against diffusers' WanTransformer3DModel with the same weights and inputs (no references)."""
     try:
@@ -674,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e-tiny": e2e_tiny_benchmark,
         "diffusers-tiny": diffusers_tiny_benchmark,
         "pipeline-tiny": pipeline_tiny_benchmark,
+        "pipeline-cost": pipeline_cost_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -698,6 +748,12 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
         if name == "pipeline-tiny":
             sub.add_argument("--sources", type=int, default=6, help="synthetic raw videos (two shots each)")
+        if name == "pipeline-cost":
+            sub.add_argument("--gpu", choices=("h100", "h200", "a100", "l40s"), default="h100")
+            sub.add_argument("--generative", action="store_true", help="with the FLUX methods (rerender_flux.yaml)")
+            sub.add_argument("--subjects", type=float, default=2.0, help="subjects per clip")
+            sub.add_argument("--decode-batch", type=int, default=32, help="captions generated together")
+            sub.add_argument("--mfu", type=float, default=0.4, help="achieved share of the peak in forward passes")
     args = parser.parse_args(argv)
     use_exact_fp32()  # the fp32 references and the fp32 VAE are exact fp32, as on the CPU
     if args.mode in runners:

@@ -165,3 +165,13 @@ def test_pipeline_mode_times_every_stage_of_the_data_pipeline(capsys, tmp_path, 
         result["samples"] == 0 and {"slice", "caption"} <= set(result["seconds_per_stage"])
     )
     assert all(value > 0 for value in result["seconds_per_stage"].values())
+
+
+def test_pipeline_cost_mode_projects_the_configured_settings_and_slices_at_real_size(capsys):
+    result = run_mode(capsys, "pipeline-cost", "--gpu", "l40s", "--generative", "--subjects", "3")["result"]
+    # the settings come from configs/data/kaleido_pipeline.yaml and rerender_flux.yaml
+    assert result["settings"]["caption_key_frames"] == 4 and result["settings"]["redux_steps"] == 28
+    projection = result["projection"]
+    assert projection["gpu"]["name"] == "NVIDIA L40S" and projection["assumptions"]["subjects_per_clip"] == 3
+    assert {"caption", "ground", "filter", "cross_pair"} == set(projection["stages"])
+    assert result["cpu_slice"]["clips"] == 2 and result["cpu_slice"]["seconds_per_clip"] > 0  # a clip per shot

@@ -69,6 +69,8 @@ def test_the_ray_runner_writes_what_the_local_runner_writes(raw, tiny_models, tm
         (["stages.slice.params.frames=17"], "unknown key 'stages.slice.params.frames'"),
         (["models.captioner.params.model_id=nobody/no-such-model"], "hf download nobody/no-such-model"),
         (["args.runner=spark"], "runner: expected local or ray"),
+        # the Ray runner's driver loads no model but checks every folder before starting Ray
+        (["args.runner=ray", "models.segmenter.params.model_id=configs"], "configs holds no model"),
     ],
 )
 def test_a_bad_configuration_is_one_line_before_any_work(raw, tiny_models, tmp_path, overrides, message):

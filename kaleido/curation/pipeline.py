@@ -381,12 +381,16 @@ def model_node(name: str, node: dict, args: BuildArgs) -> dict:
 def check_models(config, args: BuildArgs) -> None:
     """check_stages, and every model found on disk (or a tiny one built), without loading any: for a runner whose
     workers load them, so that a missing model is one clear error before any work."""
-    from kaleido.vision import resolve_model
+    from kaleido.vision import ModelLoadError, resolve_model
 
     for name in sorted(check_stages(config, args)):
         for key, value in (config.section("models")[name].get("params") or {}).items():
             if key.endswith("model_id") and value is not None:  # model_id, and base_model_id of FLUX Redux
-                resolve_model(str(value), f"models.{name}.params.{key}")
+                folder = resolve_model(str(value), f"models.{name}.params.{key}")
+                if not any((folder / index).is_file() for index in ("config.json", "model_index.json")):
+                    raise ModelLoadError(
+                        f"models.{name}.params.{key}: {folder} holds no model (no config.json or model_index.json)"
+                    )
 
 
 def build_stages(config, args: BuildArgs) -> Stages:
