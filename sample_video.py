@@ -20,6 +20,7 @@ import sys
 import threading
 
 from kaleido.files import InputError, OutputError
+from kaleido.lora import LoraError
 from kaleido.parallelize import parallelize_dit
 from kaleido.pipeline import (
     SampleArgs,
@@ -37,7 +38,7 @@ from sat.parallel import resolve_device
 from sgm.util import InstantiationError, use_exact_fp32
 from sgm.weights import WeightsError
 
-INPUT_ERRORS = (ConfigError, InstantiationError, InputError, WeightsError, parallel.ParallelConfigError)
+INPUT_ERRORS = (ConfigError, InstantiationError, InputError, WeightsError, LoraError, parallel.ParallelConfigError)
 
 
 class Interrupted(KeyboardInterrupt):

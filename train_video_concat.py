@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"args.seed={cli.seed}")
     checked = False
     try:
-        config = load_config(base_files, overrides, sections=("model", "args", "deepspeed"))
+        config = load_config(base_files, overrides, sections=("model", "args", "deepspeed", "lora"))
         args = parse_args(TrainArgs, config)
         checked = True
         Trainer(args, config).train()

@@ -9,6 +9,7 @@ states and the metrics file consistent with the resume point. Layout under args.
     metrics.jsonl                            one record per logged iteration
     <iteration>/mp_rank_00_model_states.pt   {'module': {'model.diffusion_model.*'}, 'iteration', ...}: loads in
                                              sample_video.py (args.load=<save>) and in the official code
+    <iteration>/adapter.safetensors          instead, in a LoRA run: the adapter alone (kaleido/lora.py)
     <iteration>/train_state/                 engine state (DeepSpeed checkpoint or torch DCP), the sample-stream
                                              position and per-rank RNG states: true resume
     previous-<n>/                            an earlier run's files, moved aside by args.resume=false
@@ -39,6 +40,7 @@ import yaml
 
 from kaleido import files
 from kaleido.checkpoint import SAT_MODEL_FILE, CheckpointError, write_model_states
+from kaleido.lora import trained_adapter, write_adapter
 from sat.config import ConfigError
 from sgm.weights import read_torch_container
 
@@ -46,6 +48,7 @@ log = logging.getLogger("kaleido.train")
 
 FAULT_ENV = "KALEIDO_FAULT_INJECT"  # tests: name of a point at which the process kills itself (SIGKILL)
 TRAIN_STATE = "train_state"
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA run's weights (kaleido/lora.py, the Wan ecosystem's layout)
 PREVIOUS = "previous-"  # prefix of the folders an args.resume=false start moves earlier runs into
 # Temporary folders of our own writes: atomic_directory's '.<iteration>.<random>.partial' / '.old', prune's '.deleting'.
 _LEFTOVER = re.compile(r"\.\d+\.(.+\.)?(partial|old|deleting)")
@@ -63,6 +66,7 @@ RESUME_KEYS = (
     "args.frame_sampling",
     "args.text_dropout",
     "args.train_data",
+    "lora",
     "world_size",
 )
 
@@ -120,6 +124,18 @@ def check_torch_file(path: Path) -> None:
         raise ValueError(f"{err}") from None
 
 
+def check_safetensors_file(path: Path) -> None:
+    """The file's header parses and every tensor's bytes are there (a truncated file fails)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 -- safe_open is not iterable
+                f.get_slice(key)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable (truncated or not safetensors: {err})") from None
+
+
 def check_dcp_folder(folder: Path) -> None:
     """Every byte range that torch DCP's `.metadata` names must lie inside its `.distcp` file."""
     from torch.distributed.checkpoint import FileSystemReader
@@ -156,12 +172,16 @@ class CheckpointManager:
         run_config: dict,
         keep_last_n: int = 3,
         save_dtype: torch.dtype = torch.bfloat16,
+        lora=None,
     ):
         self.folder = Path(folder)
         self.rank, self.world_size = rank, world_size
         self.run_config = run_config
         self.keep_last_n = keep_last_n
         self.save_dtype = save_dtype
+        # a LoRA run (kaleido.lora.LoraSettings) saves its adapter instead of the DiT's weights
+        self.lora = lora
+        self.weights_file = ADAPTER_FILE if lora is not None else SAT_MODEL_FILE
 
     # ---- the folder
 
@@ -178,7 +198,7 @@ class CheckpointManager:
 
     def is_complete(self, iteration: int | str) -> bool:
         path = self.folder / str(iteration)
-        return (path / SAT_MODEL_FILE).is_file() and (path / TRAIN_STATE).is_dir()
+        return (path / self.weights_file).is_file() and (path / TRAIN_STATE).is_dir()
 
     def complete_iterations(self) -> list[int]:
         if not self.folder.is_dir():
@@ -215,7 +235,7 @@ class CheckpointManager:
             if not self.is_complete(resume_from):
                 raise ConfigError(
                     f"args.resume_from={resume_from}: {self.folder / str(resume_from)} is not a complete checkpoint "
-                    f"(expected {SAT_MODEL_FILE} and {TRAIN_STATE}/); {self._choices()}"
+                    f"(expected {self.weights_file} and {TRAIN_STATE}/); {self._choices()}"
                 )
             folder = self.folder / str(resume_from)
         else:
@@ -241,7 +261,7 @@ class CheckpointManager:
             state = "missing" if not (self.folder / name).exists() else "incomplete"
             raise ConfigError(
                 f"{latest} names iteration {name} but {self.folder / name} is {state} "
-                f"(expected {SAT_MODEL_FILE} and {TRAIN_STATE}/); {self._choices()}"
+                f"(expected {self.weights_file} and {TRAIN_STATE}/); {self._choices()}"
             )
         return self.folder / name
 
@@ -263,7 +283,10 @@ class CheckpointManager:
         one error naming it (and the earlier checkpoints), before any model is built."""
         iteration = int(folder.name)
         try:
-            for path in sorted([folder / SAT_MODEL_FILE, *(folder / TRAIN_STATE).rglob("*.pt")]):
+            if self.lora is not None:
+                check_safetensors_file(folder / ADAPTER_FILE)
+            torch_files = [folder / SAT_MODEL_FILE] if self.lora is None else []
+            for path in sorted([*torch_files, *(folder / TRAIN_STATE).rglob("*.pt")]):
                 try:
                     check_torch_file(path)
                 except ValueError as err:
@@ -327,7 +350,9 @@ class CheckpointManager:
             engine.save_state(tmp / TRAIN_STATE, client_state)
             torch.save(rng_state(), tmp / TRAIN_STATE / f"rng_rank{self.rank}.pt")
             weights = engine.full_state_dict()  # collective for FSDP2
-            if self.rank == 0:
+            if self.rank == 0 and self.lora is not None:
+                write_adapter(tmp / ADAPTER_FILE, trained_adapter(weights, self.lora), self.lora)
+            elif self.rank == 0:
                 extra = {"iteration": iteration, "dp_world_size": self.world_size, "engine": engine.name}
                 write_model_states(tmp, weights, self.save_dtype, extra)
             dist.barrier()

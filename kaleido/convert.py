@@ -224,23 +224,68 @@ def sat_to_wan(
     _check_free([output], overwrite)
     with open_source(input, allow_unsafe_pickle) as source:
         ours, _ = read_dit(source, ignore_unused)
-        try:
-            config = wan_config(ours, num_heads)
-        except ValueError as err:
-            raise ConvertError(f"{source.path}: {err}") from None
-        wan = to_layout(ours, "wan")
-        shards = plan_shards(wan, max_shard_size)
-        with atomic_directory(output, overwrite) as tmp:
-            for name, keys in shards.items():
-                save_file({k: _own_storage(wan[k]) for k in keys}, str(tmp / name), metadata={"format": "pt"})
-            if len(shards) > 1:
-                index = {
-                    "metadata": {"total_size": sum(t.numel() * t.element_size() for t in wan.values())},
-                    "weight_map": {k: name for name, keys in shards.items() for k in keys},
-                }
-                (tmp / WAN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return write_wan(ours, output, max_shard_size, num_heads, overwrite, source.path)
+
+
+def write_wan(
+    ours: dict[str, torch.Tensor], output: Path, max_shard_size: int, num_heads: int | None, overwrite: bool, name
+) -> dict[str, list[str]]:
+    """Our-layout DiT -> a Wan2.1 folder (shards, index, config.json), atomically; errors name `name`."""
+    try:
+        config = wan_config(ours, num_heads)
+    except ValueError as err:
+        raise ConvertError(f"{name}: {err}") from None
+    wan = to_layout(ours, "wan")
+    shards = plan_shards(wan, max_shard_size)
+    with atomic_directory(output, overwrite) as tmp:
+        for shard, keys in shards.items():
+            save_file({k: _own_storage(wan[k]) for k in keys}, str(tmp / shard), metadata={"format": "pt"})
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.numel() * t.element_size() for t in wan.values())},
+                "weight_map": {k: shard for shard, keys in shards.items() for k in keys},
+            }
+            (tmp / WAN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return shards
+
+
+MERGE_FORMATS = ("sat", "wan", "safetensors")
+
+
+def merge_lora(
+    input: str | Path,
+    adapter: str | Path,
+    output: str | Path,
+    scale: float = 1.0,
+    form: str = "sat",
+    ignore_unused: bool = False,
+    overwrite: bool = False,
+    allow_unsafe_pickle: bool = False,
+    skip_unknown: bool = False,
+) -> None:
+    """A DiT checkpoint with a LoRA adapter (kaleido/lora.py, any layout) merged at `scale`, written as a SAT
+    directory, a Wan2.1 folder or one safetensors file of SAT names (`form`, dtypes kept)."""
+    from kaleido.lora import merge_into_state_dict, read_adapter
+
+    if form not in MERGE_FORMATS:
+        raise ConvertError(f"{output}: format {form!r}: expected one of {list(MERGE_FORMATS)}")
+    output = Path(output)
+    _check_free([output], overwrite)
+    lora = read_adapter(adapter, scale, skip_unknown)  # small: checked before the base is read
+    with open_source(input, allow_unsafe_pickle) as source:
+        ours, _ = read_dit(source, ignore_unused)
+    merged = merge_into_state_dict(ours, [lora])
+    if form == "wan":
+        write_wan(merged, output, 10**10, None, overwrite, output)
+    elif form == "sat":
+        with atomic_directory(output, overwrite) as tmp:
+            write_sat_checkpoint(tmp, merged, "1")
+    else:
+        tensors = {SAT_PREFIX + k: _own_storage(v) for k, v in to_layout(merged, "sat").items()}
+        metadata = {"format": "kaleido-sat", "source": str(input), "lora": f"{adapter}:{scale}"}
+        with atomic_path(output) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
 
 
 def json_client_state(extra: dict) -> tuple[dict, list[str]]:

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from kaleido import files
 from kaleido.attention import ATTENTION_BACKENDS
+from kaleido.lora import attach_adapters, merge_adapters
 from kaleido.model import KaleidoModel, load_model
 from kaleido.sharding import ShardingError, ShardPlan
 from sat import parallel
@@ -86,6 +87,10 @@ class SampleArgs:
     uint8_rounding: str = "round"  # Q5: 'round' or 'truncate' (official)
     batch_output_naming: str = "numbered"  # Q9: output.mp4, output_1.mp4, ... or 'overwrite' (official)
     preview: bool = True  # a contact sheet next to each video: output.mp4 -> preview.png (files.contact_sheet)
+    # LoRA adapters for the DiT, "PATH" or "PATH:STRENGTH" (kaleido/lora.py: our layout or the Wan ecosystem's)
+    lora: list[str] = field(default_factory=list)
+    lora_merge: bool = True  # merged into the weights (no cost per step); false: kept apart (peft layers)
+    lora_skip_unknown: bool = False  # keys that are no LoRA of this DiT are skipped with a warning, not an error
 
     def validate(self) -> None:
         size = self.sampling_image_size
@@ -179,6 +184,7 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     checked; the caller applies kaleido.parallelize, `KaleidoModel.place` moves it to the device."""
     resolve_device(args.device)  # an unavailable device is reported before any weights are read
     check_weight_paths(args, config)
+    adapters = read_adapters(args)  # small: a bad adapter is reported before the DiT is read
     model = load_model(
         config.section("model"),
         config.where,
@@ -190,6 +196,9 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
         random_weights_seed=args.random_weights_seed,
     )
     network = model.network
+    if adapters:
+        (merge_adapters if args.lora_merge else attach_adapters)(network, adapters)
+        log.info("LoRA: %s (%s)", ", ".join(args.lora), "merged" if args.lora_merge else "kept apart")
     log.info(
         "model: DiT %d layers × %d, %s parameters, %s",
         len(network.blocks),
@@ -198,6 +207,16 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
         str(network.dtype).removeprefix("torch."),
     )
     return model.eval()
+
+
+def read_adapters(args: SampleArgs) -> list:
+    """The adapters of args.lora at their strengths (LoraError names the file and what is wrong)."""
+    from kaleido.lora import parse_lora_list, read_adapter
+
+    adapters = []
+    for path, strength in parse_lora_list(args.lora):
+        adapters.append(read_adapter(path, strength, skip_unknown=args.lora_skip_unknown))
+    return adapters
 
 
 def load_noise_table(args: SampleArgs, prompts: list[files.PromptLine], shape: tuple[int, ...]) -> dict | None:

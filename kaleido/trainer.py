@@ -31,6 +31,7 @@ from kaleido.checkpoint import load_dit_into
 from kaleido.checkpointing import CheckpointManager
 from kaleido.data import SFTDataset
 from kaleido.latent_cache import LatentCacheDataset, check_fingerprint
+from kaleido.lora import LoraSettings, add_lora
 from kaleido.model import MODEL_KEYS, RANDOM_WEIGHTS_WARNING, KaleidoModel, load_model
 from kaleido.parallelize import FSDPSettings, parallelize_dit
 from kaleido.training import REFERENCE_ENCODINGS, TrainingObjective, sample_loader
@@ -189,7 +190,17 @@ class TrainingError(RuntimeError):
 
 
 def checkpoint_config(config: Config) -> dict:
-    return {"model": config.section("model"), "args": config.section("args"), "deepspeed": config.section("deepspeed")}
+    sections = {name: config.section(name) for name in ("model", "args", "deepspeed")}
+    return sections | ({"lora": config.section("lora")} if lora_settings(config) else {})
+
+
+def lora_settings(config: Config) -> LoraSettings | None:
+    """The `lora:` section (a LoRA run: the DiT frozen, adapters trained), or None without one."""
+    if config.data.get("lora") is None:
+        return None
+    from sat.config import parse_args
+
+    return parse_args(LoraSettings, config, "lora")
 
 
 # -------------------------------------------------------------------------------------------- the job
@@ -198,6 +209,7 @@ def checkpoint_config(config: Config) -> dict:
 class Trainer:
     def __init__(self, args: TrainArgs, config: Config):
         self.args, self.config = args, config
+        self.lora = lora_settings(config)
         self.save = Path(args.save)
         CheckpointManager.check_folder(self.save)  # before anything is set up
         self.device = resolve_device(args.device, launched_world()[2])
@@ -221,6 +233,7 @@ class Trainer:
             run_config={**checkpoint_config(config), "world_size": self.world_size},
             keep_last_n=args.keep_last_n,
             save_dtype=parse_dtype(args.save_dtype),
+            lora=self.lora,
         )
         resume_from = self.checkpoints.resume_point(args.resume, args.resume_from)
         for generator_seed in (random.seed, np.random.seed, torch.manual_seed):  # the official per-rank global seeding
@@ -264,6 +277,12 @@ class Trainer:
             text_device = "cpu" if args.text_encoder_device == "cpu" else self.device
             model.conditioner.requires_grad_(False).eval().to(text_device)
             network = model.network
+        if self.lora is not None:  # before any wrapping: the adapters are sharded and checkpointed like the rest
+            add_lora(network, self.lora)
+            trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+            log.info(
+                "LoRA rank %d, alpha %g: %s trainable parameters", self.lora.rank, self.lora.alpha, f"{trainable:,}"
+            )
         network.train()
         fsdp = None
         if args.engine == "fsdp2":
@@ -289,7 +308,12 @@ class Trainer:
         )
         if args.engine == "deepspeed":
             self.engine = training.DeepSpeedEngine(
-                network, self.config.section("deepspeed"), self.settings, lr_lambda, args.decay_norm_and_modulation
+                network,
+                self.config.section("deepspeed"),
+                self.settings,
+                lr_lambda,
+                args.decay_norm_and_modulation,
+                trainable_only=self.lora is not None,
             )
         else:
             self.engine = training.FSDP2Engine(
@@ -299,6 +323,7 @@ class Trainer:
                 args.decay_norm_and_modulation,
                 self.device,
                 sync_every_micro_step=args.fsdp2_sync_every_micro_step,
+                trainable_only=self.lora is not None,
             )
         self.objective = TrainingObjective(
             None if cached else self.model.conditioner,

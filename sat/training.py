@@ -175,11 +175,19 @@ class DeepSpeedEngine:
     name = "deepspeed"
 
     def __init__(
-        self, model: nn.Module, ds_config: dict, settings: OptimSettings, lr_lambda, decay_norm_and_modulation: bool
+        self,
+        model: nn.Module,
+        ds_config: dict,
+        settings: OptimSettings,
+        lr_lambda,
+        decay_norm_and_modulation: bool,
+        trainable_only: bool = False,
     ):
         import deepspeed
 
         self.settings = settings
+        # only the trainable parameters (adapters) in checkpoints: the frozen base is the run's args.load
+        self.trainable_only = trainable_only
         groups = parameter_groups(model, settings.weight_decay, decay_norm_and_modulation)
         config = dict(ds_config)
         config.setdefault("train_micro_batch_size_per_gpu", settings.micro_batch)
@@ -212,17 +220,25 @@ class DeepSpeedEngine:
         return StepResult(float(norm) if norm is not None else math.nan, lr)
 
     def save_state(self, folder, client_state: dict) -> None:
-        self.engine.save_checkpoint(str(folder), tag="state", client_state=client_state)
+        self.engine.save_checkpoint(
+            str(folder), tag="state", client_state=client_state, exclude_frozen_parameters=self.trainable_only
+        )
 
     def load_state(self, folder) -> dict:
-        _, client_state = self.engine.load_checkpoint(str(folder), tag="state")
+        _, client_state = self.engine.load_checkpoint(
+            str(folder), tag="state", load_module_strict=not self.trainable_only
+        )
         return client_state or {}
 
     def full_state_dict(self) -> dict | None:
-        """ZeRO-2 keeps the full (bf16) parameters on every rank; rank 0 reads them."""
+        """ZeRO-2 keeps the full (bf16) parameters on every rank; rank 0 reads them (with trainable_only, the
+        trainable ones)."""
         if dist.is_initialized() and dist.get_rank() != 0:
             return None
-        return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+        module = self.engine.module
+        if self.trainable_only:
+            return {k: p.detach().cpu() for k, p in module.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------------ FSDP2
@@ -246,8 +262,10 @@ class FSDP2Engine:
         decay_norm_and_modulation: bool,
         device: torch.device,
         sync_every_micro_step: bool = True,
+        trainable_only: bool = False,
     ):
         self.settings = settings
+        self.trainable_only = trainable_only  # as DeepSpeedEngine
         self.device = device
         self.sync_every_micro_step = sync_every_micro_step
         self.model = self.module = model
@@ -283,8 +301,13 @@ class FSDP2Engine:
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._options())
         return {"model": model_state, "optimizer": optim_state}
+
+    def _options(self, **more):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(ignore_frozen_params=self.trainable_only, **more)
 
     def save_state(self, folder, client_state: dict) -> None:
         import torch.distributed.checkpoint as dcp
@@ -301,14 +324,20 @@ class FSDP2Engine:
 
         state = self._state()
         dcp.load(state, checkpoint_id=str(folder))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=self._options(strict=not self.trainable_only),
+        )
         extra = read_torch_container(f"{folder}/engine_state.pt")
         self.scheduler.load_state_dict(extra.pop("scheduler"))
         extra.pop("engine_micro_step", None)  # written by earlier versions
         return extra
 
     def full_state_dict(self) -> dict | None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(self.model, options=self._options(full_state_dict=True, cpu_offload=True))
         return state if dist.get_rank() == 0 else None

@@ -4,6 +4,8 @@
     python scripts/convert_checkpoint.py sat2wan <SAT dir | .pt | .safetensors> <Wan2.1 folder> [--max-shard-size 10GB]
     python scripts/convert_checkpoint.py to-safetensors <SAT dir | .pt> <out.safetensors> [--dtype bfloat16]
     python scripts/convert_checkpoint.py inspect <checkpoint | release folder> [--config model.yaml] [--json]
+    python scripts/convert_checkpoint.py merge-lora <checkpoint> <adapter.safetensors> <out> [--scale 1.0]
+        [--format sat|wan|safetensors]      the DiT with a LoRA adapter merged into its weights (docs/lora.md)
 
 Nothing is written on error (exit status 2, one line `error: <path>: ...`); an existing output needs --overwrite.
 """
@@ -92,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     to_st.add_argument(
         "--dtype", choices=("bfloat16", "float16", "float32"), help="cast the weights (default: keep their dtype)"
     )
-    for sub in (wan2sat, sat2wan, to_st):
-        sub.add_argument("input")
+    merge = commands.add_parser("merge-lora", help="a DiT checkpoint with a LoRA adapter merged in")
+    merge.add_argument("input")
+    merge.add_argument("adapter", help="LoRA safetensors (our layout or the Wan ecosystem's)")
+    merge.add_argument("--scale", type=float, default=1.0, help="the adapter's strength (default 1)")
+    merge.add_argument("--format", choices=("sat", "wan", "safetensors"), default="sat", help="output (default sat)")
+    merge.add_argument("--skip-unknown", action="store_true", help="skip adapter keys that are no LoRA of the DiT")
+    for sub in (wan2sat, sat2wan, to_st, merge):
+        if sub is not merge:
+            sub.add_argument("input")
         sub.add_argument("output")
         sub.add_argument("--ignore-unused", action="store_true", help="drop (and report) tensors outside the DiT")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default=DEFAULT_CONFIG, help=f"model YAML of the DiT to compare with ({DEFAULT_CONFIG})"
     )
     inspect.add_argument("--json", action="store_true", help="print the reports as JSON")
-    for sub in (sat2wan, to_st, inspect):
+    for sub in (sat2wan, to_st, inspect, merge):
         sub.add_argument(
             "--allow-unsafe-pickle", action="store_true", help="full unpickling of torch files (trusted files only)"
         )
@@ -138,6 +147,19 @@ def run(cli: argparse.Namespace) -> int:
             )
             report_dropped(dropped, "client-state entries that are not JSON (RNG states)")
             print(f"wrote {cli.output} and {cli.output}.json")
+        elif cli.command == "merge-lora":
+            convert.merge_lora(
+                cli.input,
+                cli.adapter,
+                cli.output,
+                cli.scale,
+                cli.format,
+                cli.ignore_unused,
+                cli.overwrite,
+                cli.allow_unsafe_pickle,
+                cli.skip_unknown,
+            )
+            print(f"wrote {cli.output} ({cli.format}, {cli.adapter} merged at {cli.scale})")
         else:
             config = Path(cli.config)
             if not config.is_file() and not config.is_absolute() and (REPO / config).is_file():
