@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             attention_backend=args.attention_backend,
             sequence_parallel_size=state.sp_size,
             sequence_parallel_group=state.sp_group,
+            weight_quantization=args.weight_quantization,
             compile=args.compile,
         )
         run(args, model, lines, state, plan)

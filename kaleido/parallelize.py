@@ -6,8 +6,9 @@ The model's own code knows nothing of process groups, kernels, recomputation or 
     1. sequence parallelism   each self-attention's `attend` becomes a `sat.parallel.UlyssesAttention`
     2. attention kernels      which SDPA backends every `Attention` may use (kaleido/attention.py)
     3. activation checkpoint  each transformer block is recomputed in the backward pass
-    4. compile                each transformer block is compiled (regional: one graph shared by all blocks)
-    5. FSDP2                  `fully_shard` per block and at the root; fp32 master weights
+    4. weight quantization    the blocks' linear weights stored in int8 or fp8 (torchao), for inference
+    5. compile                each transformer block is compiled (regional: one graph shared by all blocks)
+    6. FSDP2                  `fully_shard` per block and at the root; fp32 master weights
 
 Parameter names never change, so checkpoints save and load the same with or without any of these. A DiT is
 parallelized once: a second call is an error (it would wrap the attention twice).
@@ -85,6 +86,52 @@ def apply_fsdp(model: nn.Module, settings: FSDPSettings, device: torch.device) -
     model.to(device=device, dtype=torch.float32)
 
 
+WEIGHT_QUANTIZATION = ("none", "int8", "fp8")
+
+
+def fp8_hardware(device: torch.device) -> bool:
+    """A GPU with fp8 matrix multiplication (compute capability 8.9 or newer: Ada, Hopper, Blackwell)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def check_weight_quantization(mode: str, device: torch.device) -> None:
+    """One clear error for a mode this device cannot run, before any weights are read."""
+    if mode not in WEIGHT_QUANTIZATION:
+        raise ValueError(f"weight_quantization: expected one of {list(WEIGHT_QUANTIZATION)}, got {mode!r}")
+    if mode == "fp8" and device.type == "cuda" and not fp8_hardware(device):
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise ValueError(
+            f"weight_quantization: fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is "
+            f"{capability}: use int8"
+        )
+
+
+def apply_weight_quantization(model: nn.Module, mode: str, device: torch.device) -> None:
+    """Store the weights of every linear layer in the transformer blocks (99 % of the DiT's weights) in int8 or fp8,
+    with a scale per output channel (torchao): int8 and fp8 are dequantised inside the matmul; on a GPU with fp8
+    hardware, fp8 also quantises the activations per row and multiplies in fp8. Embeddings, head and norms stay
+    as they are."""
+    if mode == "none":
+        return
+    check_weight_quantization(mode, device)
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        quantize_,
+    )
+
+    if mode == "int8":
+        config = Int8WeightOnlyConfig()
+    elif fp8_hardware(device):
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    else:
+        config = Float8WeightOnlyConfig()
+    for block in model.blocks:
+        quantize_(block, config, filter_fn=lambda module, name: isinstance(module, nn.Linear))
+
+
 def parallelize_dit(
     model: nn.Module,
     device: torch.device,
@@ -93,6 +140,7 @@ def parallelize_dit(
     sequence_parallel_size: int = 1,
     sequence_parallel_group=None,
     activation_checkpointing: bool = False,
+    weight_quantization: str = "none",
     compile: bool = False,
     fsdp: FSDPSettings | None = None,
 ) -> nn.Module:
@@ -108,6 +156,7 @@ def parallelize_dit(
     set_attention_backend(model, attention_backend, device)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
+    apply_weight_quantization(model, weight_quantization, device)
     if compile:
         apply_compile(model)
     if fsdp is not None:
@@ -116,6 +165,7 @@ def parallelize_dit(
         model,
         _APPLIED,
         f"sequence parallel {sequence_parallel_size}, attention {attention_backend}, "
-        f"activation checkpointing {activation_checkpointing}, compile {compile}, FSDP2 {fsdp is not None}",
+        f"activation checkpointing {activation_checkpointing}, weights {weight_quantization}, compile {compile}, "
+        f"FSDP2 {fsdp is not None}",
     )
     return model

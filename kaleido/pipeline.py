@@ -24,6 +24,7 @@ from kaleido import files
 from kaleido.attention import ATTENTION_BACKENDS
 from kaleido.lora import attach_adapters, merge_adapters
 from kaleido.model import KaleidoModel, load_model
+from kaleido.parallelize import WEIGHT_QUANTIZATION, check_weight_quantization
 from kaleido.sharding import ShardingError, ShardPlan
 from sat import parallel
 from sat.config import Config, ConfigError
@@ -64,6 +65,7 @@ class SampleArgs:
     sequence_parallel_size: int = 1  # S: ranks sharing one video (Ulysses); data parallel = world / S
     attention_backend: str = "auto"  # auto (fused kernels only on GPU), default, cudnn, flash, efficient, math
     compile: bool = False  # torch.compile each transformer block (regional; first step slower)
+    weight_quantization: str = "none"  # 'none', 'int8' or 'fp8': the blocks' linear weights (kaleido.parallelize)
     allow_random_weights: bool = False  # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
     seed: int = 42  # see the module docstring for the per-line rule
@@ -105,6 +107,10 @@ class SampleArgs:
         if self.attention_backend not in ("auto", "default", *ATTENTION_BACKENDS):
             raise ValueError(
                 f"attention_backend: expected auto, default or one of {list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
+            )
+        if self.weight_quantization not in WEIGHT_QUANTIZATION:
+            raise ValueError(
+                f"weight_quantization: expected one of {list(WEIGHT_QUANTIZATION)}, got {self.weight_quantization!r}"
             )
         if self.sequence_parallel_size < 1:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
@@ -182,7 +188,11 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
 def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     """The model of `model:` with its weights (kaleido.model.load_model), on the CPU, after the weight paths are
     checked; the caller applies kaleido.parallelize, `KaleidoModel.place` moves it to the device."""
-    resolve_device(args.device)  # an unavailable device is reported before any weights are read
+    device = resolve_device(args.device)  # an unavailable device is reported before any weights are read
+    try:  # and a quantization it cannot run
+        check_weight_quantization(args.weight_quantization, device)
+    except ValueError as err:
+        raise ConfigError(f"args.{err}") from None
     check_weight_paths(args, config)
     adapters = read_adapters(args)  # small: a bad adapter is reported before the DiT is read
     model = load_model(

@@ -8,6 +8,7 @@
     python scripts/benchmark.py diffusers-tiny                       our tiny DiT vs diffusers' WanTransformer3DModel
     python scripts/benchmark.py pipeline-tiny [--sources 6]          the data pipeline's stages on tiny models
     python scripts/benchmark.py pipeline-cost [--gpu h100] [--generative]   its real models projected per GPU
+    python scripts/benchmark.py quantization [--size real|tiny]     int8 / fp8 weights: error, bytes, time of a block
     python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
     python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
@@ -557,6 +558,49 @@ def pipeline_cost_benchmark(args) -> dict:
     }
 
 
+def quantization_benchmark(args) -> dict:
+    """Weight-only int8 and fp8 (kaleido.parallelize.apply_weight_quantization) on one DiT block of --size: the
+    output's relative RMS error against fp32 (bf16 alone for comparison), the blocks' weight bytes, and the time of
+    one forward on --device. The latent is small on the CPU (2 frames of 16×24) and the real one on a GPU."""
+    import copy
+
+    from kaleido.parallelize import apply_weight_quantization
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spec = SIZES[args.size]
+    reference = random_dit(args.size, 1, device, torch.float32)
+    frames, height, width = spec["latent"] if device.type == "cuda" else (2, 16, 24)
+    generator = torch.Generator(device).manual_seed(1)
+    x = torch.randn(1, frames, 16, height, width, generator=generator, device=device)
+    t = torch.tensor([500.0], device=device)
+    context = torch.randn(1, spec["text_tokens"], spec["text_dim"], generator=generator, device=device)
+
+    def weight_bytes(model) -> int:
+        total = 0
+        for tensor in model.blocks.state_dict().values():
+            names, _ = tensor.__tensor_flatten__() if hasattr(tensor, "__tensor_flatten__") else ([], None)
+            parts = [getattr(tensor, n) for n in names] or [tensor]
+            total += sum(p.numel() * p.element_size() for p in parts)
+        return total
+
+    with torch.inference_mode():
+        expected = reference(x, t, context)
+        result = {"latent": [frames, height, width], "device": str(device), "modes": {}}
+        for mode in ("bf16", "int8", "fp8"):
+            model = copy.deepcopy(reference).to(torch.bfloat16)
+            apply_weight_quantization(model, "none" if mode == "bf16" else mode, device)
+            output = model(x, t, context).float()
+            error = float(((output - expected).pow(2).mean() / expected.pow(2).mean()).sqrt())
+            timing = time_runs(lambda m=model: m(x, t, context), device, args.warmup, args.repeats)
+            result["modes"][mode] = {
+                "relative_rms_error": error,
+                "block_weight_bytes": weight_bytes(model),
+                "timing": timing,
+            }
+            del model
+    return result
+
+
 def diffusers_tiny_benchmark(args) -> dict:
     """Our tiny DiT against diffusers' WanTransformer3DModel with the same weights and inputs (no references)."""
     try:
@@ -724,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         "diffusers-tiny": diffusers_tiny_benchmark,
         "pipeline-tiny": pipeline_tiny_benchmark,
         "pipeline-cost": pipeline_cost_benchmark,
+        "quantization": quantization_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -759,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode in runners:
         record = {
             "mode": args.mode,
-            **({"size": args.size} if args.mode in ("block", "step", "vae", "text") else {}),
+            **({"size": args.size} if args.mode in ("block", "step", "vae", "text", "quantization") else {}),
             "environment": environment(),
             "result": runners[args.mode](args),
         }

@@ -175,3 +175,11 @@ def test_pipeline_cost_mode_projects_the_configured_settings_and_slices_at_real_
     assert projection["gpu"]["name"] == "NVIDIA L40S" and projection["assumptions"]["subjects_per_clip"] == 3
     assert {"caption", "ground", "filter", "cross_pair"} == set(projection["stages"])
     assert result["cpu_slice"]["clips"] == 2 and result["cpu_slice"]["seconds_per_clip"] > 0  # a clip per shot
+
+
+def test_quantization_mode_reports_error_and_halved_weights(capsys):
+    result = run_mode(capsys, "quantization", "--size", "tiny", "--repeats", "1", "--warmup", "0")["result"]
+    modes = result["modes"]
+    assert modes["bf16"]["relative_rms_error"] < modes["int8"]["relative_rms_error"] < 0.05
+    for mode in ("int8", "fp8"):  # one byte per weight (and a scale per row) instead of two
+        assert modes[mode]["block_weight_bytes"] < 0.6 * modes["bf16"]["block_weight_bytes"]
