@@ -75,9 +75,12 @@ class KaleidoModel(nn.Module):
             float(model.get("scale_factor", 1.0)),
         )
 
+    execution_device: torch.device | None = None  # set when the weights live elsewhere (kaleido.offload)
+
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        """Where the computations run and the inputs are made."""
+        return self.execution_device or next(self.network.parameters()).device
 
     def place(self, device: torch.device, text_encoder_offload: str = "none") -> KaleidoModel:
         """Move components to `device`. text_encoder_offload: 'none' (all there), 'cpu' (the text encoder stays on

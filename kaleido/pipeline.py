@@ -24,6 +24,7 @@ from kaleido import files
 from kaleido.attention import ATTENTION_BACKENDS
 from kaleido.lora import attach_adapters, merge_adapters
 from kaleido.model import KaleidoModel, load_model
+from kaleido.offload import MEMORY_PROFILES, OFFLOAD, apply_offload, memory_profile_settings
 from kaleido.parallelize import WEIGHT_QUANTIZATION, check_weight_quantization
 from kaleido.sharding import ShardingError, ShardPlan
 from sat import parallel
@@ -66,6 +67,10 @@ class SampleArgs:
     attention_backend: str = "auto"  # auto (fused kernels only on GPU), default, cudnn, flash, efficient, math
     compile: bool = False  # torch.compile each transformer block (regional; first step slower)
     weight_quantization: str = "none"  # 'none', 'int8' or 'fp8': the blocks' linear weights (kaleido.parallelize)
+    offload: str = "none"  # 'none', 'model' or 'blocks': weights in host memory until used (kaleido/offload.py)
+    # 'none' (the settings as given), 'auto' (from the free GPU memory), '80', '48' or '24' (GB): sets offload and
+    # text_encoder_offload (kaleido.offload.MEMORY_PROFILES)
+    memory_profile: str = "none"
     allow_random_weights: bool = False  # components without weights get seeded random ones (demo/tests)
     random_weights_seed: int = 0
     seed: int = 42  # see the module docstring for the per-line rule
@@ -111,6 +116,18 @@ class SampleArgs:
         if self.weight_quantization not in WEIGHT_QUANTIZATION:
             raise ValueError(
                 f"weight_quantization: expected one of {list(WEIGHT_QUANTIZATION)}, got {self.weight_quantization!r}"
+            )
+        if self.memory_profile not in ("none", "auto", *MEMORY_PROFILES):
+            raise ValueError(
+                f"memory_profile: expected none, auto or one of {list(MEMORY_PROFILES)}, got {self.memory_profile!r}"
+            )
+        if self.memory_profile != "none" and (self.offload != "none" or self.text_encoder_offload != "none"):
+            raise ValueError("memory_profile: sets offload and text_encoder_offload itself; leave them at 'none'")
+        if self.offload not in OFFLOAD:
+            raise ValueError(f"offload: expected one of {list(OFFLOAD)}, got {self.offload!r}")
+        if self.offload != "none" and self.text_encoder_offload != "none":
+            raise ValueError(
+                f"offload: {self.offload!r} already moves umT5 off the GPU; leave text_encoder_offload at 'none'"
             )
         if self.sequence_parallel_size < 1:
             raise ValueError(f"sequence_parallel_size: must be >= 1, got {self.sequence_parallel_size}")
@@ -189,6 +206,11 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     """The model of `model:` with its weights (kaleido.model.load_model), on the CPU, after the weight paths are
     checked; the caller applies kaleido.parallelize, `KaleidoModel.place` moves it to the device."""
     device = resolve_device(args.device)  # an unavailable device is reported before any weights are read
+    if args.memory_profile != "none":
+        profile, settings = memory_profile_settings(args.memory_profile, device)
+        for key, value in settings.items():
+            setattr(args, key, value)
+        log.info("memory profile %s GB: %s", profile, ", ".join(f"{k}={v}" for k, v in settings.items()))
     try:  # and a quantization it cannot run
         check_weight_quantization(args.weight_quantization, device)
     except ValueError as err:
@@ -338,7 +360,11 @@ def run(
     try:
         prepare_group(model, state)
         log_run(args, model, len(prompts))
-        model.place(resolve_device(args.device, state.local_rank), args.text_encoder_offload)
+        device = resolve_device(args.device, state.local_rank)
+        if args.offload == "none":
+            model.place(device, args.text_encoder_offload)
+        else:
+            apply_offload(model, args.offload, device)
         if state.is_sp_source:
             warn_long_prompts(args, model, prompts)
         texts = encode_texts(args, model, prompts, state)
