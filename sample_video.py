@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             sequence_parallel_group=state.sp_group,
             weight_quantization=args.weight_quantization,
             compile=args.compile,
+            weight_sharding=args.dit_sharding == "fsdp2",
         )
+        if args.dit_sharding == "fsdp2" and rank == 0:
+            logging.getLogger("kaleido").info(
+                "DiT weights sharded over the %d ranks of each sequence-parallel group (FSDP2)", state.sp_size
+            )
         run(args, model, lines, state, plan)
         parallel.wait_for_all_ranks(state)  # every rank's lines are written before any process reports success
     except INPUT_ERRORS as err:

@@ -8,7 +8,8 @@ The model's own code knows nothing of process groups, kernels, recomputation or 
     3. activation checkpoint  each transformer block is recomputed in the backward pass
     4. weight quantization    the blocks' linear weights stored in int8 or fp8 (torchao), for inference
     5. compile                each transformer block is compiled (regional: one graph shared by all blocks)
-    6. FSDP2                  `fully_shard` per block and at the root; fp32 master weights
+    6. FSDP2                  `fully_shard` per block and at the root; fp32 master weights (training), or the
+                              weights sharded over the sequence-parallel group as they are (sampling)
 
 Parameter names never change, so checkpoints save and load the same with or without any of these. A DiT is
 parallelized once: a second call is an error (it would wrap the attention twice).
@@ -86,6 +87,25 @@ def apply_fsdp(model: nn.Module, settings: FSDPSettings, device: torch.device) -
     model.to(device=device, dtype=torch.float32)
 
 
+def apply_weight_sharding(model: nn.Module, group, device: torch.device) -> None:
+    """Sampling: shard the DiT's weights over the ranks of `group` (the sequence-parallel group) with FSDP2, in
+    their dtype: each rank keeps 1/S of every block; a block's weights are gathered just before it runs (the next
+    block's gather is started while the current one computes) and freed after it, as Wan2.1's `--dit_fsdp` does.
+    Loaded weights are memory-mapped, so the whole DiT is never copied into any rank's memory: each rank copies
+    its shard out of the shared page cache."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = DeviceMesh.from_group(group, device.type)
+    blocks = list(model.blocks)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    for block, following in zip(blocks, blocks[1:]):
+        block.set_modules_to_forward_prefetch([following])
+    model.to(device)
+
+
 WEIGHT_QUANTIZATION = ("none", "int8", "fp8")
 
 
@@ -143,6 +163,7 @@ def parallelize_dit(
     weight_quantization: str = "none",
     compile: bool = False,
     fsdp: FSDPSettings | None = None,
+    weight_sharding: bool = False,
 ) -> nn.Module:
     """Apply the chosen transforms to `model` in place (module docstring for the order); returns `model`.
 
@@ -161,11 +182,17 @@ def parallelize_dit(
         apply_compile(model)
     if fsdp is not None:
         apply_fsdp(model, fsdp, device)
+    if weight_sharding:
+        if sequence_parallel_group is None:
+            raise ValueError(
+                "dit_sharding: fsdp2 shards over the sequence-parallel group: needs sequence_parallel_size > 1"
+            )
+        apply_weight_sharding(model, sequence_parallel_group, device)
     setattr(
         model,
         _APPLIED,
         f"sequence parallel {sequence_parallel_size}, attention {attention_backend}, "
         f"activation checkpointing {activation_checkpointing}, weights {weight_quantization}, compile {compile}, "
-        f"FSDP2 {fsdp is not None}",
+        f"FSDP2 {fsdp is not None}, weights sharded {weight_sharding}",
     )
     return model

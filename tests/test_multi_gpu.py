@@ -225,3 +225,21 @@ def test_data_and_sequence_parallel_together(workdir):
     assert re.search(r"\[rank 2\] INFO line 2: wrote", log) and re.search(r"\[rank 0\] INFO line 3: wrote", log)
     for name, reference in expected.items():
         assert (got[name] - reference).abs().max() / reference.abs().max() <= 1e-5, name
+
+
+def test_sharded_weights_give_the_unsharded_latents(workdir):
+    """SP = 2 with the DiT's weights sharded over the two ranks (FSDP2, gathered per block) against SP = 2 with
+    whole weights on each rank, and against one process."""
+    size = [32, 48]
+    expected = one_process(workdir, size)
+    whole, _ = launched(workdir, "sp_whole", 2, 2, size, "sequence parallel 2")
+    result = launch(
+        workdir, workdir / "sharded", 2, 2, f"args.sampling_image_size=[{size[0]},{size[1]}]", "args.dit_sharding=fsdp2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DiT weights sharded over the 2 ranks of each sequence-parallel group" in result.stdout + result.stderr
+    sharded = latents(workdir / "sharded")
+    assert sharded.keys() == expected.keys()
+    for name, reference in expected.items():
+        assert (sharded[name] - whole[name]).abs().max() / reference.abs().max() <= 1e-5  # summation order only
+        assert (sharded[name] - reference).abs().max() / reference.abs().max() <= 1e-5

@@ -37,6 +37,7 @@ def test_offloaded_sampling_gives_the_same_latents(workdir, monkeypatch):  # noq
     [
         (["args.offload=disk"], "offload: expected one of ['none', 'model', 'blocks'], got 'disk'"),
         (["args.offload=model", "args.text_encoder_offload=free"], "leave text_encoder_offload at 'none'"),
+        (["args.dit_sharding=fsdp2"], "dit_sharding: fsdp2 shards over the sequence-parallel group: set sequence_"),
         (["args.memory_profile=16"], "memory_profile: expected none, auto or one of ['80', '48', '24'], got '16'"),
         (["args.memory_profile=24", "args.offload=model"], "memory_profile: sets offload and text_encoder_offload"),
     ],
