@@ -31,6 +31,7 @@ from kaleido.pipeline import (
     run,
     sharding_plan,
 )
+from kaleido.step_cache import StepCache
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
 from sat.launch import leave_the_report_to_local_rank_0
@@ -122,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
             weight_sharding=args.dit_sharding == "fsdp2",
         )
+        cache = StepCache(model.network, args.step_cache, state.sp_group) if args.step_cache > 0 else None
         if args.dit_sharding == "fsdp2" and rank == 0:
             logging.getLogger("kaleido").info(
                 "DiT weights sharded over the %d ranks of each sequence-parallel group (FSDP2)", state.sp_size
             )
         run(args, model, lines, state, plan)
+        if cache is not None and state.is_sp_source:
+            logging.getLogger("kaleido").info(cache.describe())
         parallel.wait_for_all_ranks(state)  # every rank's lines are written before any process reports success
     except INPUT_ERRORS as err:
         if not checked and local_rank != 0:  # the same error as local rank 0, which reports it

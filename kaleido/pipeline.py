@@ -68,6 +68,8 @@ class SampleArgs:
     compile: bool = False  # torch.compile each transformer block (regional; first step slower)
     weight_quantization: str = "none"  # 'none', 'int8' or 'fp8': the blocks' linear weights (kaleido.parallelize)
     offload: str = "none"  # 'none', 'model' or 'blocks': weights in host memory until used (kaleido/offload.py)
+    # > 0: steps whose first block changed less than this (relative) reuse the other blocks (kaleido/step_cache.py)
+    step_cache: float = 0.0
     # 'none' or 'fsdp2': the DiT's weights sharded over the sequence-parallel group (28.6 GB / S per GPU at 14B)
     dit_sharding: str = "none"
     # 'none' (the settings as given), 'auto' (from the free GPU memory), '80', '48' or '24' (GB): sets offload and
@@ -125,6 +127,8 @@ class SampleArgs:
             )
         if self.memory_profile != "none" and (self.offload != "none" or self.text_encoder_offload != "none"):
             raise ValueError("memory_profile: sets offload and text_encoder_offload itself; leave them at 'none'")
+        if self.step_cache < 0:
+            raise ValueError(f"step_cache: expected a threshold >= 0 (0: off), got {self.step_cache}")
         if self.dit_sharding not in ("none", "fsdp2"):
             raise ValueError(f"dit_sharding: expected none or fsdp2, got {self.dit_sharding!r}")
         if self.dit_sharding == "fsdp2" and self.sequence_parallel_size < 2:

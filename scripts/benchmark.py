@@ -9,6 +9,7 @@
     python scripts/benchmark.py pipeline-tiny [--sources 6]          the data pipeline's stages on tiny models
     python scripts/benchmark.py pipeline-cost [--gpu h100] [--generative]   its real models projected per GPU
     python scripts/benchmark.py quantization [--size real|tiny]     int8 / fp8 weights: error, bytes, time of a block
+    python scripts/benchmark.py step-cache [--thresholds ...]       the step cache on the toy model: reuse, time, error
     python scripts/benchmark.py load --checkpoint DIR [--synthesize] host memory of building the 14B DiT
     python scripts/benchmark.py table FILE.jsonl ...                a markdown table of recorded runs
 
@@ -601,6 +602,63 @@ def quantization_benchmark(args) -> dict:
     return result
 
 
+def step_cache_benchmark(args) -> dict:
+    """The step cache (kaleido/step_cache.py) on the shipped toy model over the example prompts, for each of
+    --thresholds: DiT forwards reused, seconds, and the final latents' relative RMS error against no cache."""
+    from safetensors.torch import load_file
+
+    import sample_video
+    from kaleido import step_cache
+
+    made = []
+
+    class Recorded(step_cache.StepCache):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    base = [str(REPO / "configs/video_model/dit_crossattn_toy.yaml"), str(REPO / "configs/sampling/sample_toy.yaml")]
+    runs, reference = [], None
+    original, sample_video.StepCache = sample_video.StepCache, Recorded
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the example prompts name their references from the repository root
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for threshold in [0.0, *args.thresholds]:
+                out = Path(tmp) / str(threshold)
+                argv = [
+                    "--base",
+                    *base,
+                    f"args.output_dir={out}",
+                    f"args.step_cache={threshold}",
+                    "args.save_latents=true",
+                ]
+                start = time.perf_counter()
+                if sample_video.main(argv) != 0:
+                    raise SystemExit(f"error: sampling with step_cache={threshold} failed")
+                seconds = time.perf_counter() - start
+                latents = {p.parent.name: load_file(str(p))["latent"] for p in sorted(out.glob("*/latent.safetensors"))}
+                reference = reference or latents
+                errors = [
+                    float(((latents[k] - reference[k]).pow(2).mean() / reference[k].pow(2).mean()).sqrt())
+                    for k in reference
+                ]
+                cache = made[-1] if threshold > 0 else None
+                runs.append(
+                    {
+                        "threshold": threshold,
+                        "forwards": cache.calls if cache else None,
+                        "reused": cache.skipped if cache else 0,
+                        "seconds": seconds,
+                        "latent_relative_rms_error": errors,
+                    }
+                )
+    finally:
+        sample_video.StepCache = original
+        os.chdir(cwd)
+    return {"prompts": len(reference), "runs": runs}
+
+
 def diffusers_tiny_benchmark(args) -> dict:
     """Our tiny DiT against diffusers' WanTransformer3DModel with the same weights and inputs (no references)."""
     try:
@@ -769,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline-tiny": pipeline_tiny_benchmark,
         "pipeline-cost": pipeline_cost_benchmark,
         "quantization": quantization_benchmark,
+        "step-cache": step_cache_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -793,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
         if name == "pipeline-tiny":
             sub.add_argument("--sources", type=int, default=6, help="synthetic raw videos (two shots each)")
+        if name == "step-cache":
+            sub.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05, 0.1])
         if name == "pipeline-cost":
             sub.add_argument("--gpu", choices=("h100", "h200", "a100", "l40s"), default="h100")
             sub.add_argument("--generative", action="store_true", help="with the FLUX methods (rerender_flux.yaml)")
