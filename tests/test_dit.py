@@ -97,11 +97,10 @@ def test_zero_references_equal_none(golden_model, io):
         )
 
 
-def test_no_reference_path_equals_diffusers_wan():
-    """Oracle: with N = 0 the model is Wan2.1-T2V; diffusers' WanTransformer3DModel with mapped weights."""
+def diffusers_wan(ours: KaleidoDiT):
+    """diffusers' WanTransformer3DModel of the TINY sizes with `ours`'s weights (an independent oracle)."""
     from diffusers import WanTransformer3DModel
 
-    ours = seeded_random_init_(KaleidoDiT(**TINY, dtype="float32"), seed=3).eval()
     wan = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=4,
@@ -117,6 +116,13 @@ def test_no_reference_path_equals_diffusers_wan():
         eps=1e-6,
     ).eval()
     wan.load_state_dict(to_layout(ours.state_dict(), "diffusers"), strict=True)
+    return wan
+
+
+def test_no_reference_path_equals_diffusers_wan():
+    """Oracle: with N = 0 the model is Wan2.1-T2V; diffusers' WanTransformer3DModel with mapped weights."""
+    ours = seeded_random_init_(KaleidoDiT(**TINY, dtype="float32"), seed=3).eval()
+    wan = diffusers_wan(ours)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 16, 8, 12, generator=generator)
     t = torch.tensor([999.0, 321.5])

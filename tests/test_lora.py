@@ -10,10 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from kaleido import lora
 from kaleido.dit import KaleidoDiT
-from kaleido.keymap import to_layout
 from sgm.util import seeded_random_init_
+from tests.test_dit import TINY, diffusers_wan
 
-TINY = dict(hidden_size=64, num_layers=2, num_attention_heads=4, inner_hidden_size=128, text_dim=32, max_h=16, max_w=16)
 SETTINGS = lora.LoraSettings(rank=4, alpha=8.0)
 
 
@@ -68,28 +67,14 @@ def test_new_adapters_change_nothing_and_only_they_train():
 
 def test_the_wan_layout_file_loads_in_diffusers_to_the_same_output(adapter_file):
     """Oracle: diffusers reads our file with its own Wan LoRA converter onto its WanTransformer3DModel."""
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline
 
     base, network, path = adapter_file
     keys = load_file(path)
     assert (
         "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys and "diffusion_model.blocks.1.ffn.2.alpha" in keys
     )
-    wan = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=128,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    ).eval()
-    wan.load_state_dict(to_layout(base.state_dict(), "diffusers"), strict=True)
+    wan = diffusers_wan(base)
     wan.load_lora_adapter(WanPipeline.lora_state_dict(str(path)), prefix="transformer", adapter_name="ours")
     x, t, context = inputs()
     with torch.no_grad():

@@ -28,7 +28,14 @@ def seeded(seed: int, *names: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-class WhiteBackground:
+class EachSubject:
+    """A method that makes every subject's reference from the subject alone: `self(candidate, item)`."""
+
+    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
+        return [self(clips[i].candidates[j], clips[i].item) for i, j in todo]
+
+
+class WhiteBackground(EachSubject):
     method = "white"
 
     def __init__(self, max_rotation: float = 10.0, min_scale: float = 0.85, margin: float = 0.1, seed: int = 0):
@@ -63,9 +70,6 @@ class WhiteBackground:
         x0, x1 = max(0, xs.min() - m), min(image.shape[1], xs.max() + 1 + m)
         image, inside = np.ascontiguousarray(image[y0:y1, x0:x1]), inside[y0:y1, x0:x1]
         return made_reference(candidate, image, inside, self.method)
-
-    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
-        return [self(clips[i].candidates[j], clips[i].item) for i, j in todo]
 
 
 def made_reference(candidate: Candidate, image: np.ndarray, mask: np.ndarray, method: str) -> Candidate:

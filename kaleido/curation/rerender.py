@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from kaleido.curation.cross_pair import made_reference, seeded
+from kaleido.curation.cross_pair import EachSubject, made_reference, seeded
 from kaleido.curation.references import Candidate, on_white
 
 PATCH = 16  # FLUX's pictures have sides in multiples of 16 px (8× VAE, 2×2 latent patches)
@@ -47,7 +47,7 @@ def _check(size: int, steps: int, name: str) -> None:
         raise ValueError(f"{name}: steps: expected at least 1, got {steps}")
 
 
-class InpaintBackground:
+class InpaintBackground(EachSubject):
     method = "inpaint"
 
     def __init__(
@@ -87,11 +87,8 @@ class InpaintBackground:
         )
         return made_reference(candidate, np.asarray(picture.convert("RGB")), inside, self.method)
 
-    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
-        return [self(clips[i].candidates[j], clips[i].item) for i, j in todo]
 
-
-class ReduxVariation:
+class ReduxVariation(EachSubject):
     method = "redux"
 
     def __init__(
@@ -131,6 +128,3 @@ class ReduxVariation:
         result = made_reference(candidate, np.asarray(picture), mask, self.method)
         result.scores = {"redux_detection": round(float(best["score"]), 6)}
         return result
-
-    def make(self, clips: list, todo: list[tuple[int, int]]) -> list[Candidate | None]:
-        return [self(clips[i].candidates[j], clips[i].item) for i, j in todo]
