@@ -4,6 +4,7 @@
         [key=value ...] [--seed N]
     torchrun --nproc-per-node 8 train_video_concat.py --base MODEL.yaml TRAIN.yaml args.engine=fsdp2 ...
 
+A `lora:` section (configs/training/lora_tiny.yaml, docs/lora.md) trains LoRA adapters instead of the whole DiT.
 Optimiser settings come from the YAML `deepspeed:` block (DeepSpeed's config; FSDP2 reads micro-batch, accumulation,
 AdamW, clipping and bf16 from it); `args.save` receives SAT checkpoints that sample_video.py loads
 (args.load=<save>) and the training state a rerun resumes from (or args.resume_from=<iteration>; args.resume=false
