@@ -134,15 +134,13 @@ def is_lora_parameter(name: str) -> bool:
 
 def trained_adapter(state_dict: dict[str, torch.Tensor], settings: LoraSettings) -> dict[str, torch.Tensor]:
     """The adapter tensors of a DiT state dict with peft adapters, in the wan layout (the alpha/rank of `settings`)."""
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     pattern = re.compile(r"(.+)\.lora_([AB])\.default\.weight")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in state_dict.items():
         match = pattern.fullmatch(name)
         if match:
             pairs.setdefault(match[1], {})[match[2]] = tensor
-    for module, pair in pairs.items():
-        weights[module] = (pair["A"], pair["B"])
+    weights = {module: (pair["A"], pair["B"]) for module, pair in pairs.items()}
     return to_wan(weights, settings.rank, settings.alpha)
 
 
@@ -158,8 +156,8 @@ def to_wan(weights: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int, alp
         parts = PARTS[suffix]
         for part, rows in zip(parts, up.chunk(len(parts), dim=0)):
             key = f"diffusion_model.blocks.{block}.{part}"
-            out[f"{key}.lora_A.weight"] = down.detach().clone()  # each part its own copy (safetensors)
-            out[f"{key}.lora_B.weight"] = rows.detach().contiguous()
+            out[f"{key}.lora_A.weight"] = down.detach().clone()  # each part its own storage (safetensors)
+            out[f"{key}.lora_B.weight"] = rows.detach().clone()
             out[f"{key}.alpha"] = torch.tensor(float(alpha))
     return out
 
