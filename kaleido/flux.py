@@ -23,7 +23,7 @@ import torch
 import transformers
 from PIL import Image
 
-from kaleido.vision import ModelLoadError, byte_symbols, resolve_model
+from kaleido.vision import ModelLoadError, resolve_model, tiny_clip_tokenizer
 
 MAX_PROMPT_TOKENS = 128  # T5 tokens of a prompt; ours are a short phrase and a style
 
@@ -202,11 +202,7 @@ def build_tiny_flux(name: str, folder: Path) -> None:
 
 def _tiny_text_encoders():
     """(CLIP tokenizer, CLIP text model, T5 tokenizer, T5 encoder) of width TINY_WIDTH, one token per character."""
-
-    symbols = byte_symbols()
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    vocab = {t: i for i, t in enumerate(symbols + [f"{s}</w>" for s in symbols] + [bos, eos])}
-    clip_tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    clip_tokenizer = tiny_clip_tokenizer()
     clip = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(
             vocab_size=len(clip_tokenizer),

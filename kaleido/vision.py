@@ -506,13 +506,18 @@ def _tiny_sam() -> tuple[transformers.PreTrainedModel, Processor]:
     return transformers.SamModel(config), transformers.SamProcessor(image_processor=image_processor)
 
 
-def _tiny_clip() -> tuple[transformers.PreTrainedModel, Processor]:
-    """CLIP: 2-layer text and vision transformers of width 32, 32² px images (8-px patches), 16-d embeddings;
-    byte-level vocabulary (no merges) with CLIP's end-of-word forms."""
+def tiny_clip_tokenizer() -> transformers.CLIPTokenizer:
+    """CLIP's tokenizer over a byte-level vocabulary (no merges) with CLIP's end-of-word forms, 77 tokens."""
     symbols = byte_symbols()
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     vocab = {t: i for i, t in enumerate(symbols + [f"{s}</w>" for s in symbols] + [bos, eos])}
-    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _tiny_clip() -> tuple[transformers.PreTrainedModel, Processor]:
+    """CLIP: 2-layer text and vision transformers of width 32, 32² px images (8-px patches), 16-d embeddings;
+    byte-level vocabulary (no merges) with CLIP's end-of-word forms."""
+    tokenizer = tiny_clip_tokenizer()
     image_processor = transformers.CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
