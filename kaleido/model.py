@@ -134,12 +134,14 @@ class KaleidoModel(nn.Module):
         description: str = "sampling",
         grid_offset: tuple[int, int] = (0, 0),
         full_grid: tuple[int, int] | None = None,
+        callback=None,
     ) -> torch.Tensor:
         """noise (B, T, C, h, w) at σ = 1 -> clean latents (B, T, C, h, w) float32.
 
         context, uncond_context: (B, L_text, text_dim); references: (1 or B, N, C, h, w) or None.
         CFG is text-only: both branches get the same (clean) references. grid_offset, full_grid: the window of
         the full latent that noise and references cover (sequence parallelism; see KaleidoDiT.forward).
+        callback(i, x): called after step i with the state x (the web page's progress and Cancel).
         """
         if references is not None:
             references = references.to(self.device).expand(noise.shape[0], -1, -1, -1, -1)  # one set for every sample
@@ -149,7 +151,9 @@ class KaleidoModel(nn.Module):
         def network(x, t, **conditioning):
             return self.network(x, t, grid_offset=grid_offset, full_grid=full_grid, **conditioning)
 
-        return self.sampler(rf_denoiser(network), noise.to(self.device), cond, uncond, description=description)
+        return self.sampler(
+            rf_denoiser(network), noise.to(self.device), cond, uncond, callback=callback, description=description
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

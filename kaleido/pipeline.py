@@ -493,9 +493,11 @@ def sample_and_write_line(
     shape: tuple[int, ...],
     state: parallel.ParallelState,
     plan: ShardPlan | None,
+    callback=None,
 ) -> Path | None:
     """One line: its folder is built under a temporary name on the group's source and renamed into place when
-    complete (an existing one is replaced only then). Returns the folder, or None when skipped or not the source."""
+    complete (an existing one is replaced only then). Returns the folder, or None when skipped or not the source.
+    callback(i, x) is called after each sampling step (KaleidoModel.sample)."""
     folder = Path(args.output_dir) / prompt.folder_name(args.output_naming)
     if parallel.broadcast_object_from_sp_source(state, is_done(args, folder)):
         log.info("line %d: %s exists, skipped (pass --overwrite to re-sample)", prompt.number, folder / "output.mp4")
@@ -509,7 +511,9 @@ def sample_and_write_line(
             write_inputs(tmp, prompt, images)
         references = encode_references(args, model, prompt, images, state)
         context = line_context(args, model, prompt, texts, state)
-        latents = sample_line(args, model, prompt, context, texts.uncond, references, noise_table, shape, state, plan)
+        latents = sample_line(
+            args, model, prompt, context, texts.uncond, references, noise_table, shape, state, plan, callback
+        )
         if source:
             write_outputs(args, model, tmp, folder, latents, prompt, images)
     if not source:
@@ -529,6 +533,7 @@ def sample_line(
     shape: tuple[int, ...],
     state: parallel.ParallelState,
     plan: ShardPlan | None,
+    callback=None,
 ) -> torch.Tensor:
     """The line's seeded noise (the same draw on every rank), this rank's chunk of it under sequence parallelism,
     the sampler -> clean latents (B, T, C, h, w), gathered whole on every rank of the group."""
@@ -545,6 +550,7 @@ def sample_line(
         uncond.expand(batch, -1, -1),
         references,
         description=f"line {prompt.number}",
+        callback=callback,
         **window,
     )
     if plan is not None:
