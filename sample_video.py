@@ -21,7 +21,7 @@ import threading
 
 from kaleido.files import InputError, OutputError
 from kaleido.lora import LoraError
-from kaleido.parallelize import parallelize_dit
+from kaleido.parallelize import held_parameters, parallelize_dit, shard_text_encoder
 from kaleido.pipeline import (
     SampleArgs,
     build_model,
@@ -124,10 +124,20 @@ def main(argv: list[str] | None = None) -> int:
             weight_sharding=args.dit_sharding == "fsdp2",
         )
         cache = StepCache(model.network, args.step_cache, state.sp_group) if args.step_cache > 0 else None
-        if args.dit_sharding == "fsdp2" and rank == 0:
-            logging.getLogger("kaleido").info(
-                "DiT weights sharded over the %d ranks of each sequence-parallel group (FSDP2)", state.sp_size
-            )
+        if args.text_encoder_sharding == "fsdp2":
+            shard_text_encoder(model.conditioner, state.sp_group, resolve_device(args.device, local_rank))
+        for key, part, name in (
+            ("dit_sharding", model.network, "DiT"),
+            ("text_encoder_sharding", model.conditioner, "text encoder"),
+        ):
+            if getattr(args, key) == "fsdp2" and rank == 0:
+                logging.getLogger("kaleido").info(
+                    "%s weights sharded over the %d ranks of each sequence-parallel group (FSDP2): this rank holds "
+                    "%d parameters",
+                    name,
+                    state.sp_size,
+                    held_parameters(part),
+                )
         run(args, model, lines, state, plan)
         if cache is not None and state.is_sp_source:
             logging.getLogger("kaleido").info(cache.describe())

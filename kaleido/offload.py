@@ -62,11 +62,12 @@ def apply_offload(model, mode: str, device: torch.device) -> None:
     model.execution_device = device
 
 
-# What fits a GPU of this many GB for a 3-reference 512×896×81 video (estimates: README, 'Smaller GPUs'): offload, umT5
+# What fits a GPU of this many GB for a 3-reference 512×896×81 video (peaks traced by kaleido/memory_plan.py; README,
+# 'Smaller GPUs'): offload, umT5
 MEMORY_PROFILES = {
-    "80": {"offload": "none", "text_encoder_offload": "none"},  # ≈ 53 GB peak
-    "48": {"offload": "model", "text_encoder_offload": "none"},  # ≈ 41 GB: one large component at a time
-    "24": {"offload": "blocks", "text_encoder_offload": "none"},  # ≈ 13 GB: two DiT blocks, activations, umT5
+    "80": {"offload": "none", "text_encoder_offload": "none"},  # 52.6 GB peak
+    "48": {"offload": "model", "text_encoder_offload": "none"},  # 41.0 GB: one large component at a time
+    "24": {"offload": "blocks", "text_encoder_offload": "none"},  # 14.3 GB: two DiT blocks and the activations
 }
 
 

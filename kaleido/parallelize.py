@@ -88,11 +88,12 @@ def apply_fsdp(model: nn.Module, settings: FSDPSettings, device: torch.device) -
 
 
 def apply_weight_sharding(model: nn.Module, group, device: torch.device) -> None:
-    """Sampling: shard the DiT's weights over the ranks of `group` (the sequence-parallel group) with FSDP2, in
-    their dtype: each rank keeps 1/S of every block; a block's weights are gathered just before it runs (the next
-    block's gather is started while the current one computes) and freed after it, as Wan2.1's `--dit_fsdp` does.
-    Loaded weights are memory-mapped, so the whole DiT is never copied into any rank's memory: each rank copies
-    its shard out of the shared page cache."""
+    """Sampling: shard the weights of a model made of `model.blocks` (the DiT, or the umT5 encoder) over the ranks
+    of `group` (the sequence-parallel group) with FSDP2, in their dtype: each rank keeps 1/S of every block; a
+    block's weights are gathered just before it runs (the next block's gather is started while the current one
+    computes) and freed after it, as Wan2.1's `--dit_fsdp` / `--t5_fsdp` do. The root takes the rest (embeddings,
+    head). Loaded weights are memory-mapped, so the whole model is never copied into any rank's memory: each rank
+    copies its shard out of the shared page cache. Every rank must then run each forward, in step."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
 
@@ -104,6 +105,22 @@ def apply_weight_sharding(model: nn.Module, group, device: torch.device) -> None
     for block, following in zip(blocks, blocks[1:]):
         block.set_modules_to_forward_prefetch([following])
     model.to(device)
+
+
+def held_parameters(model: nn.Module) -> int:
+    """Parameter elements held by this rank: the local shard of a sharded (DTensor) parameter, else all of it."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+
+
+def shard_text_encoder(conditioner: nn.Module, group, device: torch.device) -> None:
+    """`apply_weight_sharding` for the text encoder inside the conditioner (sgm.text.UMT5TextEncoder.encoder)."""
+    encoder = getattr(conditioner, "encoder", None)
+    if not isinstance(getattr(encoder, "blocks", None), nn.ModuleList):
+        raise ValueError(
+            f"text_encoder_sharding: fsdp2 needs a text encoder made of blocks (sgm.text.UMT5TextEncoder); "
+            f"this conditioner is {type(conditioner).__name__}"
+        )
+    apply_weight_sharding(encoder, group, device)
 
 
 WEIGHT_QUANTIZATION = ("none", "int8", "fp8")

@@ -72,6 +72,7 @@ class SampleArgs:
     step_cache: float = 0.0
     # 'none' or 'fsdp2': the DiT's weights sharded over the sequence-parallel group (28.6 GB / S per GPU at 14B)
     dit_sharding: str = "none"
+    text_encoder_sharding: str = "none"  # 'none' or 'fsdp2': the same for umT5 (5.7B parameters, 11.4 GB / S)
     # 'none' (the settings as given), 'auto' (from the free GPU memory), '80', '48' or '24' (GB): sets offload and
     # text_encoder_offload (kaleido.offload.MEMORY_PROFILES)
     memory_profile: str = "none"
@@ -129,14 +130,22 @@ class SampleArgs:
             raise ValueError("memory_profile: sets offload and text_encoder_offload itself; leave them at 'none'")
         if self.step_cache < 0:
             raise ValueError(f"step_cache: expected a threshold >= 0 (0: off), got {self.step_cache}")
-        if self.dit_sharding not in ("none", "fsdp2"):
-            raise ValueError(f"dit_sharding: expected none or fsdp2, got {self.dit_sharding!r}")
-        if self.dit_sharding == "fsdp2" and self.sequence_parallel_size < 2:
-            raise ValueError(
-                "dit_sharding: fsdp2 shards over the sequence-parallel group: set sequence_parallel_size >= 2"
-            )
+        for key in ("dit_sharding", "text_encoder_sharding"):
+            if getattr(self, key) not in ("none", "fsdp2"):
+                raise ValueError(f"{key}: expected none or fsdp2, got {getattr(self, key)!r}")
+            if getattr(self, key) == "fsdp2" and self.sequence_parallel_size < 2:
+                raise ValueError(
+                    f"{key}: fsdp2 shards over the sequence-parallel group: set sequence_parallel_size >= 2"
+                )
         if self.dit_sharding == "fsdp2" and (self.offload != "none" or self.weight_quantization != "none"):
             raise ValueError("dit_sharding: fsdp2 is not combined with offload or weight_quantization")
+        if self.text_encoder_sharding == "fsdp2" and (
+            self.text_encoder_offload == "cpu" or self.offload != "none" or self.memory_profile != "none"
+        ):
+            raise ValueError(
+                "text_encoder_sharding: fsdp2 keeps umT5 on the GPUs: use it with text_encoder_offload none or free, "
+                "offload none and memory_profile none"
+            )
         if self.offload not in OFFLOAD:
             raise ValueError(f"offload: expected one of {list(OFFLOAD)}, got {self.offload!r}")
         if self.offload != "none" and self.text_encoder_offload != "none":

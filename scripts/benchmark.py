@@ -559,6 +559,30 @@ def pipeline_cost_benchmark(args) -> dict:
     }
 
 
+def memory_plan_benchmark(args) -> dict:
+    """Per-GPU memory of sampling one video of the --config model (kaleido/memory_plan.py: the modules traced on
+    fake tensors at the exact shapes), for every combination of kaleido.memory_plan.table_rows; the markdown table
+    goes to stderr."""
+    from dataclasses import asdict
+
+    from kaleido import memory_plan
+    from sat.config import load_config
+
+    config = load_config([args.config], ["args.model_root=unused"]).section("model")
+    latent = tuple(args.latent)
+    parts = memory_plan.trace_parts(config, latent, args.refs, args.degrees)
+    rows = memory_plan.table_rows(args.degrees)
+    print(memory_plan.markdown_table(parts, rows), file=sys.stderr)
+    return {
+        "config": str(Path(args.config).resolve().relative_to(REPO)),
+        "latent": list(latent),
+        "references": args.refs,
+        "cfg": "batched",
+        "parts_bytes": asdict(parts),
+        "rows": [{"settings": asdict(row), **memory_plan.per_gpu_peak(parts, row)} for row in rows],
+    }
+
+
 def quantization_benchmark(args) -> dict:
     """Weight-only int8 and fp8 (kaleido.parallelize.apply_weight_quantization) on one DiT block of --size: the
     output's relative RMS error against fp32 (bf16 alone for comparison), the blocks' weight bytes, and the time of
@@ -828,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline-cost": pipeline_cost_benchmark,
         "quantization": quantization_benchmark,
         "step-cache": step_cache_benchmark,
+        "memory-plan": memory_plan_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -852,6 +877,11 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
         if name == "pipeline-tiny":
             sub.add_argument("--sources", type=int, default=6, help="synthetic raw videos (two shots each)")
+        if name == "memory-plan":
+            sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="model YAML (default: the 14B release)")
+            sub.add_argument("--latent", type=int, nargs=3, default=[21, 64, 112], metavar=("T", "H", "W"))
+            sub.add_argument("--refs", type=int, default=3)
+            sub.add_argument("--degrees", type=int, nargs="+", default=[1, 2, 4, 8], help="sequence-parallel degrees")
         if name == "step-cache":
             sub.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05, 0.1])
         if name == "pipeline-cost":

@@ -228,16 +228,35 @@ def test_data_and_sequence_parallel_together(workdir):
 
 
 def test_sharded_weights_give_the_unsharded_latents(workdir):
-    """SP = 2 with the DiT's weights sharded over the two ranks (FSDP2, gathered per block) against SP = 2 with
-    whole weights on each rank, and against one process."""
+    """SP = 2 with the DiT's and umT5's weights sharded over the two ranks (FSDP2, gathered per block) against SP = 2
+    with whole weights on each rank, and against one process; each rank holds about half of each model."""
+    from kaleido.model import KaleidoModel
+    from sat.config import load_config
+
     size = [32, 48]
     expected = one_process(workdir, size)
     whole, _ = launched(workdir, "sp_whole", 2, 2, size, "sequence parallel 2")
     result = launch(
-        workdir, workdir / "sharded", 2, 2, f"args.sampling_image_size=[{size[0]},{size[1]}]", "args.dit_sharding=fsdp2"
+        workdir,
+        workdir / "sharded",
+        2,
+        2,
+        f"args.sampling_image_size=[{size[0]},{size[1]}]",
+        "args.dit_sharding=fsdp2",
+        "args.text_encoder_sharding=fsdp2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "DiT weights sharded over the 2 ranks of each sequence-parallel group" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    model = KaleidoModel.from_config(load_config(TINY.split(), [STEPS[1]]).section("model"))
+    for name, part in (("DiT", model.network), ("text encoder", model.conditioner)):
+        found = re.search(
+            rf"{name} weights sharded over the 2 ranks of each sequence-parallel group \(FSDP2\): "
+            rf"this rank holds (\d+) parameters",
+            log,
+        )
+        assert found, (name, log[-3000:])
+        total = sum(p.numel() for p in part.parameters())
+        assert total / 2 <= int(found.group(1)) <= total / 2 + total / 50, (name, found.group(1), total)
     sharded = latents(workdir / "sharded")
     assert sharded.keys() == expected.keys()
     for name, reference in expected.items():

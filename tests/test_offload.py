@@ -37,12 +37,32 @@ def test_offloaded_sampling_gives_the_same_latents(workdir, monkeypatch, caplog)
     assert caplog.text.count("the weights move from host memory to host memory (correct, no saving)") == 2
 
 
+def test_offload_with_int8_weights_gives_the_int8_latents(workdir):  # noqa: F811
+    """Block offload moves torchao's quantized weights like plain ones: the same latents as int8 kept in place."""
+    latents = {}
+    for quantization, offload in (("none", "none"), ("int8", "none"), ("int8", "blocks")):
+        out = f"quantized_{quantization}_{offload}"
+        settings = (f"args.weight_quantization={quantization}", f"args.offload={offload}")
+        assert sample(*settings, f"args.output_dir={out}", "args.save_latents=true") == 0
+        latents[quantization, offload] = load_file(str(next((workdir / out).glob("0_*/latent.safetensors"))))["latent"]
+    assert torch.equal(latents["int8", "blocks"], latents["int8", "none"])
+    assert not torch.equal(latents["int8", "none"], latents["none", "none"])  # the int8 weights were used
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["args.offload=disk"], "offload: expected one of ['none', 'model', 'blocks'], got 'disk'"),
         (["args.offload=model", "args.text_encoder_offload=free"], "leave text_encoder_offload at 'none'"),
         (["args.dit_sharding=fsdp2"], "dit_sharding: fsdp2 shards over the sequence-parallel group: set sequence_"),
+        (
+            ["args.text_encoder_sharding=fsdp2"],
+            "text_encoder_sharding: fsdp2 shards over the sequence-parallel group: set sequence_",
+        ),
+        (
+            ["args.text_encoder_sharding=fsdp2", "args.sequence_parallel_size=2", "args.text_encoder_offload=cpu"],
+            "text_encoder_sharding: fsdp2 keeps umT5 on the GPUs: use it with text_encoder_offload none or free",
+        ),
         (["args.memory_profile=16"], "memory_profile: expected none, auto or one of ['80', '48', '24'], got '16'"),
         (["args.memory_profile=24", "args.offload=model"], "memory_profile: sets offload and text_encoder_offload"),
     ],
