@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import shlex
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from kaleido.pipeline import (
     latent_shape,
     read_prompts,
     sample_and_write_line,
+    warn_long_prompts,
 )
 from kaleido.step_cache import StepCache
 from sat import parallel
@@ -303,6 +305,7 @@ class WebDemo:
             try:
                 return self._sample(request, prompt, profile, folder, report, should_stop, started)
             except torch.OutOfMemoryError:
+                shutil.rmtree(folder, ignore_errors=True)
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -310,6 +313,9 @@ class WebDemo:
                     "out of memory: choose a smaller size or fewer frames (or set args.memory_profile when starting "
                     "the page)"
                 ) from None
+            except BaseException:  # cancelled or failed: no folder of a request that made nothing
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
     def _sample(self, request, prompt, profile, folder, report, should_stop, started) -> Result:
         # The inputs first, as files the command line can read: references, then the one-line prompt file.
@@ -346,6 +352,7 @@ class WebDemo:
             else:
                 report(steps / (steps + 1), "decoding the video (VAE) and writing the mp4")
 
+        warn_long_prompts(args, model, lines)  # in the server's log, as the command line does
         texts = encode_texts(args, model, lines, state)
         shape = latent_shape(args, model)
         line_folder = sample_and_write_line(args, model, lines[0], texts, None, shape, state, None, on_step)
