@@ -253,8 +253,8 @@ def test_an_oversized_image_is_refused_by_the_pixel_limit(demo, images, monkeypa
 def test_unexpected_failures_are_one_message_on_the_page():
     import gradio as gr
 
-    with pytest.raises(gr.Error) as raised, web_demo.shown_on_page(["/tmp/x/upload.png"]):
-        raise RuntimeError("boom in /tmp/x/upload.png\nTraceback line")
+    with pytest.raises(gr.Error) as raised, web_demo.shown_on_page(["gradio/3f2a/upload.png"]):
+        raise RuntimeError("boom in gradio/3f2a/upload.png\nTraceback line")
     assert raised.value.message == (
         "the generation failed: RuntimeError: boom in upload.png (the server log has the details)"
     )
