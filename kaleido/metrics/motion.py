@@ -8,8 +8,8 @@ element (both components, signed) and its absolute value. Units: pixels per fram
 mean is signed, so motions in opposite directions cancel, as in OpenS2V.
 
 Smoothness is ours (OpenS2V v1.1 uses the Q-Align quality model, which transformers cannot load): the same
-downscaled flow maps; a transition whose flow differs from the next one by more than `max_change` pixels per
-frame in some cell is a jump, and, counting like OpenS2V counts its artifact frames (both sides of a jump),
+downscaled flow maps; a transition whose mean motion differs from the next one's by more than half their mean speed
+(and 0.1 pixel) is a jump, and, counting like OpenS2V counts its artifact frames (both sides of a jump),
 smoothness = 1 - (transitions next to a jump) / (transitions). Constant motion and stillness give 1.
 """
 
@@ -62,22 +62,27 @@ def amplitude(flows: np.ndarray) -> float:
 
 
 class MotionSmoothness:
-    """1 - the share of frame transitions next to a jump in the flow (see the module docstring)."""
+    """1 - the share of frame transitions next to a jump in the motion (see the module docstring)."""
 
     name = "motion_smoothness"
 
-    def __init__(self, max_change: float = 1.0):
-        self.max_change = max_change
+    def __init__(self, max_change: float = 0.5, min_change: float = 0.1):
+        self.max_change, self.min_change = max_change, min_change
 
     def score(self, sample: Sample) -> float:
-        return smoothness(_flows(sample), self.max_change)
+        return smoothness(_flows(sample), self.max_change, self.min_change)
 
 
-def smoothness(flows: np.ndarray, max_change: float) -> float:
-    """flows: (T, h, w, 2). A jump between transitions t and t + 1 marks both."""
+def smoothness(flows: np.ndarray, max_change: float = 0.5, min_change: float = 0.1) -> float:
+    """flows: (T, h, w, 2). The motion of transition t is its mean flow vector m_t, its speed s_t the mean flow
+    length. Transitions t and t + 1 are both marked when |m_t+1 - m_t| exceeds max_change x (s_t + s_t+1) / 2
+    and min_change pixels (a change in speed or direction, not the drift of an object across the cells)."""
     if len(flows) < 2:
         return 1.0
-    change = np.linalg.norm(flows[1:] - flows[:-1], axis=-1).reshape(len(flows) - 1, -1).max(axis=1)
-    jumps = np.flatnonzero(change > max_change)
+    motion = flows.reshape(len(flows), -1, 2).mean(axis=1)  # (T, 2)
+    speed = np.linalg.norm(flows, axis=-1).reshape(len(flows), -1).mean(axis=1)  # (T,)
+    change = np.linalg.norm(motion[1:] - motion[:-1], axis=-1)
+    limit = np.maximum(max_change * (speed[1:] + speed[:-1]) / 2, min_change)
+    jumps = np.flatnonzero(change > limit)
     marked = np.union1d(jumps, jumps + 1)
     return float(1 - len(marked) / len(flows))
