@@ -3,6 +3,7 @@
 Five wrappers, each loading a transformers model and its processor once with `from_pretrained`:
 
     Captioner      a Qwen2.5-VL-class vision-language model: answers a question about images
+    MultimodalEmbedder  GME (gme-Qwen2-VL): text and image embeddings in one space from a vision-language model
     Detector       Grounding DINO: boxes of text phrases (open-vocabulary detection)
     Segmenter      SAM: one mask per box prompt
     ImageText      CLIP or SigLIP: image and text embeddings in one space
@@ -179,6 +180,53 @@ class Captioner(_Pretrained):
         out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
         new = out[0, inputs["input_ids"].shape[1] :]
         return self.processor.decode(new, skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def choose(self, images: list[Image.Image], question: str, options: list[str]) -> str:
+        """The option the model rates likeliest as its answer's first token (options of one token each, e.g. the
+        digits of a rating): a greedy judge that always answers within the options."""
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        prompt = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        batch = self.processor(images=images or None, text=[prompt], return_tensors="pt")
+        logits = self.model(**self._inputs(batch)).logits[0, -1]
+        ids = [self.processor.tokenizer.encode(option, add_special_tokens=False)[0] for option in options]
+        return options[int(torch.argmax(logits[ids]))]
+
+
+class MultimodalEmbedder(Captioner):
+    """GME (gme-Qwen2-VL): texts and images embedded by a Qwen2-VL-class model as the final hidden state of the
+    last token of their chat prompt (ended by <|endoftext|>), L2-normalised, so a cosine is a dot product. Texts
+    are queries under `instruction`; images are candidates under the default system prompt."""
+
+    kind = "GME (Qwen2-VL) embedder"
+    instruction = "Find an image that matches the given text."
+
+    @torch.inference_mode()
+    def text_embeddings(self, texts: list[str]) -> np.ndarray:
+        """(N, D) float32, unit rows."""
+        return self._embed([self._prompt([{"type": "text", "text": t}], self.instruction) for t in texts], None)
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
+        """(N, D) float32, unit rows (one image at a time: Qwen2-VL's image tokens vary with the image size)."""
+        prompt = self._prompt([{"type": "image"}], "You are a helpful assistant.")
+        return np.concatenate([self._embed([prompt], [image]) for image in images])
+
+    def _prompt(self, content: list[dict], system: str) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + (
+            "<|endoftext|>"
+        )
+
+    def _embed(self, prompts: list[str], images: list[Image.Image] | None) -> np.ndarray:
+        batch = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        inputs = self._inputs(batch)
+        hidden = self.model.model(**inputs).last_hidden_state  # (N, L, D)
+        mask = inputs["attention_mask"]
+        last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)  # the last real token, either padding
+        return _unit(hidden[torch.arange(len(prompts)), last])
 
 
 class Detector(_Pretrained):

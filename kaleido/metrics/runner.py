@@ -93,13 +93,19 @@ def check_config(config, args: EvalArgs) -> set[str]:
 
 
 def check_models(config, used: set[str]) -> None:
-    """Every used model is on disk (a tiny one is built): ModelNotFound, one line, otherwise."""
+    """Every used model, and the aesthetic head, is on disk (a tiny one is built): ModelNotFound, one line,
+    otherwise."""
+    from kaleido.metrics.aesthetics import resolve_head
     from kaleido.vision import resolve_model
 
     for name in sorted(used):
         model_id = (config.section("models")[name].get("params") or {}).get("model_id")
         if model_id is not None:
             resolve_model(str(model_id), f"models.{name}.params.model_id")
+    for name, node in config.section("metrics").items():
+        head = (node.get("params") or {}).get("head")
+        if head is not None:
+            resolve_head(str(head), f"metrics.{name}.params.head")
 
 
 def build_metrics(config, args: EvalArgs, used: set[str]) -> list:
@@ -268,6 +274,7 @@ def group_summary(records: list[dict], domain: str, names: list[str]) -> dict:
         "metrics": metrics,
         "opens2v": {
             "total": None if table["total"] is None else 100 * table["total"],
+            "partial": 100 * table["partial"],
             "normalised": {n: None if v is None else 100 * v for n, v in table["normalised"].items()},
             "counted": table["counted"],
             "lacking": table["lacking"],
@@ -315,7 +322,11 @@ def summary_markdown(summary: dict) -> str:
     ]
     for group, g in summary["groups"].items():
         o = g["opens2v"]
-        total = _fmt(o["total"], 2) if o["total"] is not None else "- (lacks " + ", ".join(o["lacking"]) + ")"
+        total = (
+            _fmt(o["total"], 2)
+            if o["total"] is not None
+            else f"- (lacks {', '.join(o['lacking'])}; {_fmt(o['partial'], 2)} without)"
+        )
         lines.append("| " + " | ".join([group, total, *(_fmt(o["normalised"][n], 2) for n in weights)]) + " |")
     if summary["missing_videos"] or summary["bad_videos"]:
         lines += ["", f"Missing videos: {', '.join(summary['missing_videos']) or 'none'}."]

@@ -77,7 +77,9 @@ def counts(name: str, value: float | None) -> bool:
 
 def table(records: list[dict], domain: str) -> dict:
     """Per Total metric its normalised average (None when no video has it) and how many videos counted, and the
-    Total (None, with the metrics lacking, when any weighted metric has no value at all)."""
+    Total (None, with the metrics lacking, when any weighted metric has no value at all; `partial` then holds the
+    weighted sum of the metrics present, which is what OpenS2V's script prints when the lacking metrics' ranges
+    start at 0, as FaceSim's and NexusScore's do)."""
     weights = WEIGHTS[domain]
     parts, used = {}, {}
     for name in weights:
@@ -85,8 +87,15 @@ def table(records: list[dict], domain: str) -> dict:
         used[name] = len(values)
         parts[name] = normalised(name, sum(values) / len(values)) if values else None
     lacking = [name for name, part in parts.items() if part is None]
-    total = None if lacking else sum(weights[name] * parts[name] for name in weights)
-    return {"total": total, "normalised": parts, "counted": used, "lacking": lacking}
+    # what the metrics present add up to: OpenS2V's own number when the lacking ones have a range starting at 0
+    partial = sum(weights[name] * part for name, part in parts.items() if part is not None)
+    return {
+        "total": None if lacking else partial,
+        "partial": partial,
+        "normalised": parts,
+        "counted": used,
+        "lacking": lacking,
+    }
 
 
 def video_total(record: dict, domain: str) -> tuple[float | None, str | None]:
