@@ -21,17 +21,16 @@ import threading
 
 from kaleido.files import InputError, OutputError
 from kaleido.lora import LoraError
-from kaleido.parallelize import held_parameters, parallelize_dit, shard_text_encoder
+from kaleido.parallelize import held_parameters
 from kaleido.pipeline import (
     SampleArgs,
-    build_model,
     check_outputs,
     check_weight_paths,
+    prepare_model,
     read_prompts,
     run,
     sharding_plan,
 )
-from kaleido.step_cache import StepCache
 from sat import parallel
 from sat.config import ConfigError, load_config, parse_args
 from sat.launch import leave_the_report_to_local_rank_0
@@ -112,20 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 state.describe(),
                 f", sequence split along {'H' if plan.dim == 3 else 'W'}" if plan else "",
             )
-        model = build_model(args, config)
-        parallelize_dit(
-            model.network,
-            resolve_device(args.device, local_rank),
-            attention_backend=args.attention_backend,
-            sequence_parallel_size=state.sp_size,
-            sequence_parallel_group=state.sp_group,
-            weight_quantization=args.weight_quantization,
-            compile=args.compile,
-            weight_sharding=args.dit_sharding == "fsdp2",
-        )
-        cache = StepCache(model.network, args.step_cache, state.sp_group) if args.step_cache > 0 else None
-        if args.text_encoder_sharding == "fsdp2":
-            shard_text_encoder(model.conditioner, state.sp_group, resolve_device(args.device, local_rank))
+        model, cache = prepare_model(args, config, state, resolve_device(args.device, local_rank))
         for key, part, name in (
             ("dit_sharding", model.network, "DiT"),
             ("text_encoder_sharding", model.conditioner, "text encoder"),

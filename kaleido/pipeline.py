@@ -25,8 +25,9 @@ from kaleido.attention import ATTENTION_BACKENDS
 from kaleido.lora import attach_adapters, merge_adapters
 from kaleido.model import KaleidoModel, load_model
 from kaleido.offload import MEMORY_PROFILES, OFFLOAD, apply_offload, memory_profile_settings
-from kaleido.parallelize import WEIGHT_QUANTIZATION, check_weight_quantization
+from kaleido.parallelize import WEIGHT_QUANTIZATION, check_weight_quantization, parallelize_dit, shard_text_encoder
 from kaleido.sharding import ShardingError, ShardPlan
+from kaleido.step_cache import StepCache
 from sat import parallel
 from sat.config import Config, ConfigError
 from sat.parallel import resolve_device
@@ -264,6 +265,37 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     return model.eval()
 
 
+def prepare_model(
+    args: SampleArgs, config: Config, state: parallel.ParallelState, device: torch.device
+) -> tuple[KaleidoModel, StepCache | None]:
+    """build_model, then what the settings apply from outside: the DiT's sequence parallelism, kernels,
+    quantization, compile and sharded weights (kaleido.parallelize), umT5's sharded weights, and the step cache
+    (returned, or None when off). Placement on the device is `place_model`'s."""
+    model = build_model(args, config)
+    parallelize_dit(
+        model.network,
+        device,
+        attention_backend=args.attention_backend,
+        sequence_parallel_size=state.sp_size,
+        sequence_parallel_group=state.sp_group,
+        weight_quantization=args.weight_quantization,
+        compile=args.compile,
+        weight_sharding=args.dit_sharding == "fsdp2",
+    )
+    if args.text_encoder_sharding == "fsdp2":
+        shard_text_encoder(model.conditioner, state.sp_group, device)
+    cache = StepCache(model.network, args.step_cache, state.sp_group) if args.step_cache > 0 else None
+    return model, cache
+
+
+def place_model(args: SampleArgs, model: KaleidoModel, device: torch.device) -> None:
+    """Components to the device (text_encoder_offload decides umT5's place), or offloaded as args.offload says."""
+    if args.offload == "none":
+        model.place(device, args.text_encoder_offload)
+    else:
+        apply_offload(model, args.offload, device)
+
+
 def read_adapters(args: SampleArgs) -> list:
     """The adapters of args.lora at their strengths (LoraError names the file and what is wrong)."""
     from kaleido.lora import parse_lora_list, read_adapter
@@ -383,11 +415,7 @@ def run(
     try:
         prepare_group(model, state)
         log_run(args, model, len(prompts))
-        device = resolve_device(args.device, state.local_rank)
-        if args.offload == "none":
-            model.place(device, args.text_encoder_offload)
-        else:
-            apply_offload(model, args.offload, device)
+        place_model(args, model, resolve_device(args.device, state.local_rank))
         if state.is_sp_source:
             warn_long_prompts(args, model, prompts)
         texts = encode_texts(args, model, prompts, state)

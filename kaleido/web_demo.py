@@ -32,20 +32,18 @@ import torch
 from kaleido import files
 from kaleido.files import InputError, OutputError
 from kaleido.lora import LoraError
-from kaleido.offload import apply_offload
-from kaleido.parallelize import parallelize_dit
 from kaleido.pipeline import (
     SampleArgs,
-    build_model,
     check_outputs,
     check_weight_paths,
     encode_texts,
     latent_shape,
+    place_model,
+    prepare_model,
     read_prompts,
     sample_and_write_line,
     warn_long_prompts,
 )
-from kaleido.step_cache import StepCache
 from sat import parallel
 from sat.config import Config, ConfigError, load_config, parse_args
 from sat.parallel import resolve_device
@@ -224,23 +222,11 @@ class WebDemo:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        # As sample_video.py: build (weights checked first), the DiT's kernels, the step cache, placement.
+        # The command line's own preparation: build (weights checked first), the DiT's kernels, the step cache.
         args = profile.args
-        model = build_model(args, profile.config)
         device = resolve_device(args.device)
-        parallelize_dit(
-            model.network,
-            device,
-            attention_backend=args.attention_backend,
-            weight_quantization=args.weight_quantization,
-            compile=args.compile,
-        )
-        if args.step_cache > 0:
-            StepCache(model.network, args.step_cache)
-        if args.offload == "none":
-            model.place(device, args.text_encoder_offload)
-        else:
-            apply_offload(model, args.offload, device)
+        model, _ = prepare_model(args, profile.config, parallel.ParallelState(), device)
+        place_model(args, model, device)
         self.model, self.model_profile = model, name
         return model
 

@@ -142,14 +142,14 @@ def test_bad_arguments_are_one_line_errors_before_the_model(extra, message, monk
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(web_demo, "build_model", no_model)
+    monkeypatch.setattr(web_demo, "prepare_model", no_model)
     assert web_demo_script.main(["--base", *TINY, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
 def test_a_port_in_use_is_an_error_before_the_model(monkeypatch, capsys):
-    monkeypatch.setattr(web_demo, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(web_demo, "prepare_model", lambda *a, **k: pytest.fail("the model was built"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
