@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             if rest:
                 raise ConfigError(f"--generate takes sampling YAML files and key=value overrides, not {rest}")
             try:
-                generate(prompts, videos, out / "generate", sampling, sampling_overrides, args, cli.nproc_per_node)
+                generate(
+                    prompts, videos, out / "generate", sampling, sampling_overrides, args.image_root, cli.nproc_per_node
+                )
             except GenerateError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1

@@ -57,8 +57,6 @@ class FaceSim:
 
     def reference_embedding(self, sample: Sample) -> np.ndarray:
         index = sample.item.face_reference
-        if index is None:
-            raise NotScored(f"not a face item (category {sample.item.category}): FaceSim does not apply")
         candidates = range(len(sample.references)) if index == -1 else [index]
         for i in candidates:
             image = np.asarray(sample.references[i])
@@ -73,6 +71,8 @@ class FaceSim:
         raise NotScored("no face found in the reference image")
 
     def score(self, sample: Sample) -> float:
+        if sample.item.face_reference is None:
+            raise NotScored(f"not a face item (category {sample.item.category}): FaceSim does not apply")
         if self.missing:
             raise NotScored(self.missing)
         reference = self.reference_embedding(sample)
