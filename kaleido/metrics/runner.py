@@ -221,8 +221,8 @@ def evaluate(
     domain = domain_of(prompts) if args.domain == "auto" else args.domain
     check_models(config, used)
     problems = check_videos(items, videos, args)
-    for identifier, (_, reason) in problems.items():
-        report(f"{identifier}: {reason}")
+    for identifier, (status, reason) in problems.items():
+        report(f"{identifier}: {reason} (scored as {status.replace('_', ' ')})")
     names = list(config.section("metrics"))
     kept = {} if overwrite else read_scores(out / "scores.jsonl")
     records = {}
