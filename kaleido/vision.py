@@ -203,6 +203,21 @@ class MultimodalEmbedder(Captioner):
     kind = "GME (Qwen2-VL) embedder"
     instruction = "Find an image that matches the given text."
 
+    def __init__(
+        self,
+        model_id: str,
+        key: str,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        image_tokens: tuple[int, int] = (256, 1280),
+    ):
+        """image_tokens: the least and most visual tokens an image becomes (GME's 256 and 1280): its processor
+        resizes every image into that many pixels (tokens x (patch x merge)²)."""
+        super().__init__(model_id, key, device, dtype)
+        images = self.processor.image_processor
+        pixels = (images.patch_size * images.merge_size) ** 2
+        images.size = {"shortest_edge": image_tokens[0] * pixels, "longest_edge": image_tokens[1] * pixels}
+
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str]) -> np.ndarray:
         """(N, D) float32, unit rows."""

@@ -284,6 +284,13 @@ def test_gme_embeddings_are_unit_and_independent_of_the_batch():
     np.testing.assert_allclose(gme.text_embeddings(["a dog"])[0], texts[0], atol=1e-5)  # padding changes nothing
     images = gme.image_embeddings([Image.new("RGB", (40, 30), "red"), Image.new("RGB", (64, 64), "blue")])
     assert images.shape == texts.shape and not np.allclose(images[0], images[1])
+    # GME's pixel range, in visual tokens: a 4 x 4 px image is enlarged to at least 4 tokens (8 x 8 patches of 4 px
+    # merged 2 x 2), a large one reduced to at most 16
+    small = MultimodalEmbedder("tiny:qwen2.5-vl", "gme", image_tokens=(4, 16))
+    for size, tokens in (((4, 4), (4, 4)), ((200, 200), (4, 16))):
+        grid = small.processor(images=[Image.new("RGB", size)], text=["<|image_pad|>"], return_tensors="pt")
+        merged = int(grid["image_grid_thw"].prod()) // 4
+        assert tokens[0] <= merged <= tokens[1]
 
 
 def test_generate_writes_each_id_and_resumes(tmp_path, capsys):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kaleido.metrics import total as totals
 from kaleido.metrics.base import EvalItem, NotScored, Sample, cosine
-from kaleido.metrics.nexus import NexusScore, nexus_score, subjects
+from kaleido.metrics.nexus import NexusScore, nexus_score, subjects, suppress
 from kaleido.metrics.similarity import ClipI, ClipT, DinoI, GmeScore
 
 RNG = np.random.default_rng(1)
@@ -117,6 +117,16 @@ def test_nexus_formula_as_opens2v_counts_it():
     image = [0.8, 0.9, 0.9, 0.6, 0.0]
     assert nexus_score(confidences, text, image, frames_with_detection=4) == pytest.approx((0.8 + 0.6) / 2 / 4)
     assert nexus_score([0.5], [0.9], [0.9], frames_with_detection=1) == 0.0
+
+
+def test_overlapping_boxes_are_suppressed_like_opens2v_nms():
+    detections = [
+        {"box": [0, 0, 10, 10], "score": 0.7},
+        {"box": [1, 0, 11, 10], "score": 0.9},  # IoU 9/11 = 0.82 with the first: the weaker one goes
+        {"box": [5, 0, 15, 10], "score": 0.8},  # IoU 6/14 = 0.43 with the best: kept
+    ]
+    assert [d["score"] for d in suppress(detections, 0.7)] == [0.9, 0.8]
+    assert len(suppress(detections, 0.9)) == 3
 
 
 def test_nexus_rules_for_face_and_human_items():

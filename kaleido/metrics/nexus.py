@@ -8,7 +8,7 @@ detection (0 when no crop counts). Face items skip their Man/Woman references (F
 items detect 'human' for them.
 
 Ours detects with Grounding DINO prompted by the class label (OpenS2V: YOLO-World prompted by the reference
-image, with NMS) and embeds with the configured embedder (GME-Qwen2-VL in OpenS2V; CLIP as the light fallback).
+image; both with non-maximum suppression at IoU 0.7) and embeds with the configured embedder (GME-Qwen2-VL in OpenS2V; CLIP as the light fallback).
 A prompt file carries no class labels: a `labeler` (the VLM) then names each reference in a word or two.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kaleido.curation.references import box_iou
 from kaleido.metrics.base import NotScored, Sample, cosine, pick_frames
 
 PERSON_LABELS = ("Man", "Woman")
@@ -37,6 +38,16 @@ def nexus_score(
         if confidence > min_confidence and text > min_text_similarity and image != 0
     ]
     return float(np.mean(kept) / frames_with_detection) if kept else 0.0
+
+
+def suppress(detections: list[dict], iou: float) -> list[dict]:
+    """Greedy non-maximum suppression: the detections, best first, without those overlapping a kept one by more
+    than `iou` (intersection over union)."""
+    kept: list[dict] = []
+    for detection in sorted(detections, key=lambda d: -d["score"]):
+        if all(box_iou(detection["box"], k["box"]) <= iou for k in kept):
+            kept.append(detection)
+    return kept
 
 
 def subjects(category: str, labels: tuple[str, ...]) -> list[tuple[int, str]]:
@@ -62,14 +73,17 @@ class NexusScore:
         text_threshold: float = 0.25,
         min_confidence: float = 0.6,
         min_text_similarity: float = 0.30,
+        nms_iou: float = 0.7,
     ):
         """detector: kaleido.vision.Detector (detect(images, phrases, box_threshold, text_threshold)); embedder:
         ImageText or MultimodalEmbedder; labeler: a Captioner naming references of a prompt file (None: such items
-        are not scored). detect_threshold: boxes below it are not detections at all (OpenS2V's 0.5)."""
+        are not scored). detect_threshold: boxes below it are not detections at all (OpenS2V's 0.5). nms_iou: a box
+        overlapping a higher-scoring one by more than this is dropped (OpenS2V's non-maximum suppression, 0.7)."""
         self.detector, self.embedder, self.labeler = detector, embedder, labeler
         self.frames = frames
         self.detect_threshold, self.text_threshold = detect_threshold, text_threshold
         self.min_confidence, self.min_text_similarity = min_confidence, min_text_similarity
+        self.nms_iou = nms_iou
 
     def labels(self, sample: Sample) -> tuple[str, ...]:
         if sample.item.labels:
@@ -93,7 +107,7 @@ class NexusScore:
         for index, label in wanted:
             found = self.detector.detect(frames, [label], self.detect_threshold, self.text_threshold)
             for f, (frame, detections) in enumerate(zip(frames, found)):
-                for detection in detections:
+                for detection in suppress(detections, self.nms_iou):
                     x0, y0, x1, y1 = detection["box"]
                     if x1 - x0 < 1 or y1 - y0 < 1:
                         continue
