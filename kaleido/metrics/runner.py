@@ -237,7 +237,12 @@ def evaluate(
             status, reason = problems[item.id]
             records[item.id] = empty_record(item, videos / f"{item.id}.mp4", status, reason, names)
     for done, item in enumerate(todo, 1):
-        records[item.id] = score_item(item, videos / f"{item.id}.mp4", metrics, domain)
+        video = videos / f"{item.id}.mp4"
+        try:
+            records[item.id] = score_item(item, video, metrics, domain)
+        except VideoError as err:  # the header read but the frames do not decode
+            report(f"{item.id}: {err} (scored as bad video)")
+            records[item.id] = empty_record(item, video, "bad_video", str(err), names)
         write_scores(out, [records[i.id] for i in items if i.id in records])
         report(f"[{done}/{len(todo)}] {item.id}: total {_fmt(records[item.id]['total'])}")
     ordered = [records[item.id] for item in items]
