@@ -75,8 +75,10 @@ def test_quality_gate_on_held_out_toys(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the configs name examples/ relative to the repository root
     trained = _recall(tmp_path, "trained")
     random = _recall(tmp_path, "random", "args.load=null", "args.allow_random_weights=true")
+    int8 = _recall(tmp_path, "int8", "args.weight_quantization=int8")  # the DiT's linear weights in int8 (torchao)
     assert trained >= TRAINED_RECALL_AT_LEAST, trained
     assert random <= RANDOM_RECALL_AT_MOST, random
+    assert int8 >= TRAINED_RECALL_AT_LEAST, int8
 
 
 def test_shipped_vae_is_the_recipes_and_reconstructs_held_out_clips():
