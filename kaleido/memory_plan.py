@@ -234,7 +234,7 @@ def per_gpu_peak(parts: Parts, settings: Settings) -> dict[str, float]:
         denoise += dit + vae + kept_umt5
         decode += dit + kept_umt5
     stages = {"text": text / GB, "denoise": denoise / GB, "decode": decode / GB}
-    return {**{k: round(v, 1) for k, v in stages.items()}, "peak": round(max(stages.values()), 1)}
+    return {**{k: round(v, 3) for k, v in stages.items()}, "peak": round(max(stages.values()), 3)}
 
 
 def block_weight_bytes(block: nn.Module, quantization: str = "none") -> int:
@@ -311,6 +311,7 @@ def markdown_table(parts: Parts, rows: list[Settings]) -> str:
     for settings in rows:
         gb = per_gpu_peak(parts, settings)
         lines.append(
-            f"| {settings.describe()} | {gb['text']} GB | {gb['denoise']} GB | {gb['decode']} GB | **{gb['peak']} GB** |"
+            f"| {settings.describe()} | {gb['text']:.1f} GB | {gb['denoise']:.1f} GB | {gb['decode']:.1f} GB "
+            f"| **{gb['peak']:.1f} GB** |"
         )
     return "\n".join(lines)

@@ -226,15 +226,21 @@ def check_weight_paths(args: SampleArgs, config: Config) -> None:
         raise ConfigError("missing weights: " + "; ".join(problems) + hint)
 
 
+def apply_memory_profile(args: SampleArgs, device: torch.device) -> None:
+    """args.memory_profile ('auto' reads the device's free memory) sets args.offload and args.text_encoder_offload."""
+    if args.memory_profile == "none":
+        return
+    profile, settings = memory_profile_settings(args.memory_profile, device)
+    for key, value in settings.items():
+        setattr(args, key, value)
+    log.info("memory profile %s GB: %s", profile, ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
 def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
     """The model of `model:` with its weights (kaleido.model.load_model), on the CPU, after the weight paths are
     checked; the caller applies kaleido.parallelize, `KaleidoModel.place` moves it to the device."""
     device = resolve_device(args.device)  # an unavailable device is reported before any weights are read
-    if args.memory_profile != "none":
-        profile, settings = memory_profile_settings(args.memory_profile, device)
-        for key, value in settings.items():
-            setattr(args, key, value)
-        log.info("memory profile %s GB: %s", profile, ", ".join(f"{k}={v}" for k, v in settings.items()))
+    apply_memory_profile(args, device)
     try:  # and a quantization it cannot run
         check_weight_quantization(args.weight_quantization, device)
     except ValueError as err:
@@ -266,12 +272,17 @@ def build_model(args: SampleArgs, config: Config) -> KaleidoModel:
 
 
 def prepare_model(
-    args: SampleArgs, config: Config, state: parallel.ParallelState, device: torch.device
+    args: SampleArgs,
+    config: Config,
+    state: parallel.ParallelState,
+    device: torch.device,
+    model: KaleidoModel | None = None,
 ) -> tuple[KaleidoModel, StepCache | None]:
-    """build_model, then what the settings apply from outside: the DiT's sequence parallelism, kernels,
-    quantization, compile and sharded weights (kaleido.parallelize), umT5's sharded weights, and the step cache
-    (returned, or None when off). Placement on the device is `place_model`'s."""
-    model = build_model(args, config)
+    """build_model (or take `model`, built elsewhere: the benchmark's random 14B model), then what the settings
+    apply from outside: the DiT's sequence parallelism, kernels, quantization, compile and sharded weights
+    (kaleido.parallelize), umT5's sharded weights, and the step cache (returned, or None when off). Placement on
+    the device is `place_model`'s."""
+    model = model or build_model(args, config)
     parallelize_dit(
         model.network,
         device,

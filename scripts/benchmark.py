@@ -241,14 +241,18 @@ def random_dit(size: str, layers: int, device: torch.device, dtype: torch.dtype,
             dtype=str(dtype).removeprefix("torch."),
         )
     model = model.to_empty(device=device)  # allocated in the final dtype: no fp32 copy of 14B parameters
-    generator = torch.Generator(device).manual_seed(seed)
+    randomize_(model, torch.Generator(device).manual_seed(seed))
+    return model.eval()
+
+
+def randomize_(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random weights of a sensible scale, made where the parameters are (fast: no host copy, no default init)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             # Never time on zeros (faster kernels); fan-in scaling keeps activations O(1) through the blocks.
             param.normal_(generator=generator).mul_(1.0 if param.ndim < 2 else param[0].numel() ** -0.5)
             if "modulation" in name:
                 param.mul_(0.1)
-    return model.eval()
 
 
 def dit_inputs(size: str, refs: int, batch: int, device: torch.device, seed: int = 1) -> tuple:
@@ -583,6 +587,105 @@ def memory_plan_benchmark(args) -> dict:
     }
 
 
+PROFILE_CONFIGS = {
+    "real": ["configs/video_model/dit_crossattn_14B_wanvae.yaml", "configs/sampling/sample_wanvae_concat_14b.yaml"],
+    "tiny": ["configs/video_model/dit_crossattn_tiny.yaml", "configs/sampling/sample_tiny.yaml"],
+}
+
+
+def random_model(config) -> object:
+    """The KaleidoModel of the config's `model:` section with random weights, fast at 14B: the DiT and umT5 are built
+    on the meta device and filled in place (no default initialisation, no checkpoint); the VAE as configured."""
+    from kaleido.model import KaleidoModel
+
+    section = config.section("model")
+    with torch.device("meta"):
+        model = KaleidoModel.from_config(section, config.where)
+    model.first_stage = instantiate_from_config(section["first_stage_config"], "model.first_stage_config")
+    generator = torch.Generator().manual_seed(0)
+    for part in (model.network, model.conditioner):
+        part.to_empty(device="cpu")
+        randomize_(part, generator)
+    return model.eval()
+
+
+def profile_benchmark(args) -> dict:
+    """One 3-reference video (--steps sampling steps, then the decode) with the release's architecture (or the
+    tiny one) and random weights, under args.memory_profile and args.weight_quantization: per stage (text
+    encoding, reference encoding, denoising, decoding) the seconds and, on CUDA, the peak memory allocated, beside
+    kaleido/memory_plan's traced prediction for the same settings."""
+    from PIL import Image
+
+    from kaleido import memory_plan
+    from kaleido.pipeline import SampleArgs, apply_memory_profile, latent_shape, prepare_model, read_prompts, run
+    from sat import parallel
+    from sat.config import load_config, parse_args
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, colour in enumerate([(200, 40, 40), (40, 160, 60), (40, 60, 200)]):
+            Image.new("RGB", (300, 400), colour).save(f"{tmp}/ref{i}.png")
+        prompt = "Three toys on a table.@@" + "@@".join(f"{tmp}/ref{i}.png" for i in range(3))
+        Path(f"{tmp}/prompts.txt").write_text(prompt + "\n")
+        overrides = [
+            f"args.input_file={tmp}/prompts.txt",
+            f"args.output_dir={tmp}/out",
+            "args.load=null",
+            f"args.device={device}",
+            "args.text_encoder_offload=none",
+            f"args.memory_profile={args.memory_profile}",
+            f"args.weight_quantization={args.quantization}",
+            f"model.sampler_config.params.num_steps={args.steps}",
+            f"model.conditioner_config.params.tokenizer_path={REPO / 'examples/tiny_umt5_tokenizer'}",
+        ]
+        config = load_config([str(REPO / f) for f in PROFILE_CONFIGS[args.size]], overrides)
+        sample_args = parse_args(SampleArgs, config)
+        apply_memory_profile(sample_args, device)
+        model = random_model(config)
+        model, _ = prepare_model(sample_args, config, parallel.ParallelState(), device, model=model)
+        stages: dict[str, dict] = {}
+
+        def measured(name: str, method):
+            def call(*inputs, **options):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                result = method(*inputs, **options)
+                synchronize(device)
+                stage = stages.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_allocated_gb": None})
+                stage["seconds"] += time.perf_counter() - start
+                stage["calls"] += 1
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 1e9
+                    stage["peak_allocated_gb"] = max(stage["peak_allocated_gb"] or 0.0, round(peak, 2))
+                return result
+
+            return call
+
+        for name in ("encode_text", "encode_references", "sample", "decode"):
+            setattr(model, name, measured(name, getattr(model, name)))
+        model.sampler.progress = False
+        start = time.perf_counter()
+        run(sample_args, model, read_prompts(sample_args))
+        total = time.perf_counter() - start
+        frames, _, height, width = latent_shape(sample_args, model)
+    parts = memory_plan.trace_parts(config.section("model"), (frames, height, width), 3, [1])
+    settings = memory_plan.Settings(offload=sample_args.offload, quantization=args.quantization)
+    return {
+        "memory_profile": args.memory_profile,
+        "offload": sample_args.offload,
+        "weight_quantization": args.quantization,
+        "latent": [frames, height, width],
+        "steps": args.steps,
+        "device": str(device),
+        "stages": stages,
+        "seconds_per_step": stages["sample"]["seconds"] / args.steps,
+        "seconds_total": total,
+        "traced_gb": memory_plan.per_gpu_peak(parts, settings),
+    }
+
+
 def quantization_benchmark(args) -> dict:
     """Weight-only int8 and fp8 (kaleido.parallelize.apply_weight_quantization) on one DiT block of --size: the
     output's relative RMS error against fp32 (bf16 alone for comparison), the blocks' weight bytes, and the time of
@@ -853,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
         "quantization": quantization_benchmark,
         "step-cache": step_cache_benchmark,
         "memory-plan": memory_plan_benchmark,
+        "profile": profile_benchmark,
     }
     for name in runners:
         sub = modes.add_parser(name)
@@ -877,6 +981,10 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--compare", action="store_true", help="also time scripts/reference_dit.py")
         if name == "pipeline-tiny":
             sub.add_argument("--sources", type=int, default=6, help="synthetic raw videos (two shots each)")
+        if name == "profile":
+            sub.add_argument("--memory-profile", default="none", choices=("none", "80", "48", "24", "auto"))
+            sub.add_argument("--quantization", default="none", choices=("none", "int8", "fp8"))
+            sub.add_argument("--steps", type=int, default=2, help="sampling steps (the seconds per step are averaged)")
         if name == "memory-plan":
             sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="model YAML (default: the 14B release)")
             sub.add_argument("--latent", type=int, nargs=3, default=[21, 64, 112], metavar=("T", "H", "W"))

@@ -5,14 +5,19 @@
 #                                                   # error; VAE decode; umT5-XXL            (about 5 minutes)
 #   bash scripts/gpu_benchmarks.sh steps  OUT_DIR   # full 40-layer CFG step: batch of two, two forwards,
 #                                                   # and the reference implementation      (about 6 minutes)
+#   bash scripts/gpu_benchmarks.sh profiles OUT_DIR # a whole 3-reference 512x896x81 video (2 steps and the
+#                                                   # decode) under each memory profile, and 24 GB with int8:
+#                                                   # peak memory per stage against the traced prediction
+#                                                   # (needs the full requirements: transformers, accelerate,
+#                                                   # diffusers, torchao; about 8 minutes)
 #
 # Each run appends one JSON line to OUT_DIR/<group>.jsonl (stderr to OUT_DIR/<group>.log); a failing run is
 # logged and the others go on. Afterwards: python scripts/benchmark.py table OUT_DIR/*.jsonl
-# These modes need only torch, einops and safetensors (no omegaconf, deepspeed or decord).
+# blocks and steps need only torch, einops and safetensors (no omegaconf, deepspeed or decord).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-group=${1:?usage: gpu_benchmarks.sh blocks|steps OUT_DIR}
-out=${2:?usage: gpu_benchmarks.sh blocks|steps OUT_DIR}
+group=${1:?usage: gpu_benchmarks.sh blocks|steps|profiles OUT_DIR}
+out=${2:?usage: gpu_benchmarks.sh blocks|steps|profiles OUT_DIR}
 python=${PYTHON:-python3}
 size=${SIZE:-real}  # SIZE=tiny: the same runs at the CI size (a CPU check of this script)
 mkdir -p "$out"
@@ -43,8 +48,14 @@ case "$group" in
         bench step --size $size --refs 3 --warmup 1 --repeats 3 --cfg sequential
         bench step --size $size --refs 3 --warmup 1 --repeats 2 --compare
         ;;
+    profiles)
+        for profile in 80 48 24; do
+            bench profile --size $size --memory-profile $profile --warmup 0 --repeats 1
+        done
+        bench profile --size $size --memory-profile 24 --quantization int8 --warmup 0 --repeats 1
+        ;;
     *)
-        echo "error: group: expected blocks or steps, got '$group'" >&2
+        echo "error: group: expected blocks, steps or profiles, got '$group'" >&2
         exit 2
         ;;
 esac

@@ -141,7 +141,9 @@ def test_gpu_benchmark_script_records_every_run_and_reports_failures(tmp_path):
     assert failed.returncode == 1 and "steps: 3 failed run(s)" in failed.stdout
     assert "invalid choice: 'huge'" in (tmp_path / "bad/steps.log").read_text()
     wrong = script("everything", str(tmp_path / "bad"))
-    assert wrong.returncode == 2 and "error: group: expected blocks or steps, got 'everything'" in wrong.stderr
+    assert (
+        wrong.returncode == 2 and "error: group: expected blocks, steps or profiles, got 'everything'" in wrong.stderr
+    )
 
 
 def test_compare_prints_the_ratio(capsys):
@@ -183,3 +185,21 @@ def test_quantization_mode_reports_error_and_halved_weights(capsys):
     assert modes["bf16"]["relative_rms_error"] < modes["int8"]["relative_rms_error"] < 0.05
     for mode in ("int8", "fp8"):  # one byte per weight (and a scale per row) instead of two
         assert modes[mode]["block_weight_bytes"] < 0.6 * modes["bf16"]["block_weight_bytes"]
+
+
+def test_profile_mode_times_each_stage_and_predicts_the_memory(capsys):
+    """A 3-reference video of the tiny model with random weights under a memory profile: every stage timed (peak
+    memory only on CUDA), the profile's offload applied, and the traced prediction for those settings."""
+    results = {}
+    for profile in ("none", "24"):
+        record = run_mode(capsys, "profile", "--size", "tiny", "--memory-profile", profile, "--quantization", "int8")
+        results[profile] = record["result"]
+    assert results["none"]["offload"] == "none" and results["24"]["offload"] == "blocks"
+    for result in results.values():
+        assert set(result["stages"]) == {"encode_text", "encode_references", "sample", "decode"}
+        assert all(stage["seconds"] > 0 and stage["calls"] >= 1 for stage in result["stages"].values())
+        assert result["stages"]["encode_text"]["calls"] == 2  # the negative prompt and the line's prompt
+        assert all(stage["peak_allocated_gb"] is None for stage in result["stages"].values())  # no CUDA here
+        assert result["seconds_per_step"] == result["stages"]["sample"]["seconds"] / 2
+    # streaming the blocks keeps less of the DiT resident than keeping it whole
+    assert 0 < results["24"]["traced_gb"]["denoise"] < results["none"]["traced_gb"]["denoise"]
