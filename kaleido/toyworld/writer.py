@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kaleido.files import atomic_directory
+from kaleido.metrics.base import read_video  # noqa: F401 (the toy-world scripts read their videos through here)
 from kaleido.toyworld.catalogue import identities
 from kaleido.toyworld.render import render_reference
 from kaleido.toyworld.world import Clip, WorldConfig, render_clip, sample_clip
@@ -48,13 +49,6 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     import imageio.v3 as iio
 
     iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=2, quality=VIDEO_QUALITY)
-
-
-def read_video(path: Path) -> np.ndarray:
-    """Every frame of an mp4 -> (F, H, W, 3) uint8."""
-    import imageio.v3 as iio
-
-    return np.stack(list(iio.imiter(path, plugin="FFMPEG")))
 
 
 def clip_meta(clip: Clip, truth: list[dict], sample_id: str, split: str) -> dict:
