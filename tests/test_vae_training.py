@@ -30,6 +30,7 @@ def _run(world, save, *extra) -> int:
             f"args.train_data=[{world}]",
             f"args.save={save}",
             "args.eval_videos=2",
+            "args.clip_frames=5",  # 2 latent frames: a third of the whole clip's cost
             "args.clips_per_step=1",
             "args.references_per_step=1",
             "args.frames_per_step=0",
@@ -65,7 +66,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_vae(world, tmp_path, cap
     assert _run(world, tmp_path / "vae", "args.steps=30") == 0
     records = [json.loads(line) for line in (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()]
     l1 = [r["l1"] for r in records if "l1" in r]
-    assert len(l1) == 30 and sum(l1[-5:]) < 0.7 * sum(l1[:5])
+    assert len(l1) == 30 and sum(l1[-5:]) < 0.7 * sum(l1[:5])  # measured: the last five 0.59 of the first five
     summary = json.loads((tmp_path / "vae" / "vae.json").read_text())
     assert summary["eval_videos"] == 2 and summary["train_videos"] == 8 and summary["steps"] == 30
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
