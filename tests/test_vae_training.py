@@ -30,7 +30,7 @@ def _run(world, save, *extra) -> int:
             f"args.train_data=[{world}]",
             f"args.save={save}",
             "args.eval_videos=2",
-            "args.clip_frames=5",  # 2 latent frames: a third of the whole clip's cost
+            "args.clip_frames=5",  # windows of 2 latent frames rather than whole clips (5): the test's cost
             "args.clips_per_step=1",
             "args.references_per_step=1",
             "args.frames_per_step=0",
