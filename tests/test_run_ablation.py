@@ -24,6 +24,8 @@ def test_collect_reads_finished_runs_only(tmp_path, capsys):
     for name, recall in (("a_released_s1", 0.5), ("b_no_spatial_offset_s2", 0.25)):
         (tmp_path / name / "eval").mkdir(parents=True)
         summary = {"metrics": {"reference_recall": {"mean": recall, "low": recall - 0.1, "high": recall + 0.1}}}
+        if name == "a_released_s1":
+            summary["metrics"]["reference_recall_2ref"] = {"mean": 0.75, "low": 0.7, "high": 0.8}
         (tmp_path / name / "eval" / "summary.json").write_text(json.dumps(summary))
     gain = {"sigma=0.8": {"subjects": {"gain": 0.125, "low": 0.1, "high": 0.15}}}
     (tmp_path / "a_released_s1" / "reference_gain.json").write_text(json.dumps({"gain": gain}))
@@ -32,13 +34,20 @@ def test_collect_reads_finished_runs_only(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     recall = {"1": {"mean": 0.5, "low": 0.4, "high": 0.6}, "2": {"mean": 0.25, "low": 0.15, "high": 0.35}}
     assert results == {
-        "a_released": {"1": {"reference_recall": recall["1"], "reference_gain": gain}},
+        "a_released": {
+            "1": {
+                "reference_recall": recall["1"],
+                "reference_recall_2ref": {"mean": 0.75, "low": 0.7, "high": 0.8},
+                "reference_gain": gain,
+            }
+        },
         "b_no_spatial_offset": {"2": {"reference_recall": recall["2"]}},
     }
     rows = (tmp_path / "table.md").read_text().splitlines()
     assert rows[0] == "| measurement | a_released s1 | b_no_spatial_offset s2 |"
     assert "| reference gain, subjects, σ 0.8 | 0.125 [0.100, 0.150] | – |" in rows
     assert "| reference recall | 0.500 [0.400, 0.600] | 0.250 [0.150, 0.350] |" in rows
+    assert "| reference recall, prompts with 2 references | 0.750 [0.700, 0.800] | – |" in rows
     assert not any(row.startswith("| precision") for row in rows)  # measured by no run: no row
     assert (tmp_path / "ablation.png").stat().st_size > 10_000
 
