@@ -297,20 +297,25 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    """The reference gain on the subjects (σ 0.5 and 0.8) per run, with its interval; the detector's recall when
-    measured."""
+    """Per run, with its interval: the reference gain on the subjects (σ 0.8 and 0.5), the held-out loss against the
+    baseline run's (σ 0.8 and 0.5, whole latent), and the detector's recall when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = [(variant, seed) for variant in VARIANTS if variant in results for seed in sorted(results[variant])]
-    panels = [("reference gain on the subjects", ("0.8", "0.5")), ("reference recall (detector)", None)]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for axis, (title, sigmas) in zip(axes, panels):
-        reads = [(f"σ {s}", _gain(s, "subjects")) for s in sigmas] if sigmas else [("", _metric("reference_recall"))]
+    baseline = results.get(BASELINE[0], {}).get(BASELINE[1], {})
+    sigmas = ("0.8", "0.5")
+    panels = [
+        ("reference gain on the subjects", [(f"σ {s}", _gain(s, "subjects")) for s in sigmas]),
+        (f"held-out loss − {BASELINE[0][0]} s{BASELINE[1]}'s", [(f"σ {s}", _loss_change(s, "all")) for s in sigmas]),
+        ("reference recall (detector)", [("", _metric("reference_recall"))]),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    for axis, (title, reads) in zip(axes, panels):
         for k, (label, read) in enumerate(reads):
-            values = [(x, read(results[v][seed], {})) for x, (v, seed) in enumerate(columns)]
+            values = [(x, read(results[v][seed], baseline)) for x, (v, seed) in enumerate(columns)]
             values = [(x, value) for x, value in values if value is not None]
             for n, (x, (mean, low, high)) in enumerate(values):
                 axis.errorbar(
