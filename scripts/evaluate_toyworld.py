@@ -25,7 +25,15 @@ if str(REPO) not in sys.path:
 import sample_video  # noqa: E402 (after the sys.path line)
 from kaleido import files  # noqa: E402
 from kaleido.toyworld.detector import Detector  # noqa: E402
-from kaleido.toyworld.evaluate import METRICS, STYLES, load_eval_set, make_eval_set, score_video, summarize  # noqa: E402
+from kaleido.toyworld.evaluate import (  # noqa: E402
+    METRICS,
+    RECALL_BY_COUNT,
+    STYLES,
+    load_eval_set,
+    make_eval_set,
+    score_video,
+    summarize,
+)
 from kaleido.toyworld.world import LEVELS  # noqa: E402
 from kaleido.toyworld.writer import read_video  # noqa: E402
 
@@ -61,7 +69,7 @@ def evaluate(out: Path, detector: Detector | None = None) -> tuple[list[dict], d
 
 def format_summary(summary: dict) -> str:
     rows = [f"{summary['prompts']} prompts ({summary['style']} references, {summary.get('level', 'full')} world)"]
-    for metric in (*METRICS, "reference_recall_1ref", "reference_recall_2ref", "reference_recall_3ref"):
+    for metric in (*METRICS, *RECALL_BY_COUNT.values()):
         m = summary["metrics"][metric]
         if m["mean"] is None:
             rows.append(f"  {metric:28s} n/a")

@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 from kaleido import files  # noqa: E402 (after the sys.path line)
 from kaleido.files import atomic_path  # noqa: E402
-from kaleido.toyworld.evaluate import METRICS, bootstrap, load_eval_set  # noqa: E402
+from kaleido.toyworld.evaluate import METRICS, RECALL_BY_COUNT, bootstrap, load_eval_set  # noqa: E402
 from kaleido.toyworld.world import LEVELS  # noqa: E402
 from kaleido.toyworld.writer import read_video  # noqa: E402
 from scripts.evaluate_toyworld import video_of  # noqa: E402
@@ -272,8 +272,8 @@ ROWS = (
     *((name.replace("_", " "), _metric(name)) for name in METRICS),
     # recall falls with the number of references for the shipped model: show it per count
     *(
-        (f"reference recall, prompts with {n} reference{'s' * (n > 1)}", _metric(f"reference_recall_{n}ref"))
-        for n in (1, 2, 3)
+        (f"reference recall, prompts with {n} reference{'s' * (n > 1)}", _metric(key))
+        for n, key in RECALL_BY_COUNT.items()
     ),
 )
 

@@ -47,6 +47,8 @@ METRICS = (
     "copy_paste",
     "motion_agreement",
 )
+# reference_recall over the prompts with 1, 2 and 3 references: {count: summary key}
+RECALL_BY_COUNT = {k: f"reference_recall_{k}ref" for k in (1, 2, 3)}
 STYLES = ("world", "drawn")
 COPY_CENTRE = 6.0  # pixels from the frame centre
 COPY_AREA = 0.8  # of the reference's subject area, scaled into the video
@@ -262,9 +264,8 @@ def bootstrap(values: list[float], samples: int = 2000, seed: int = 0) -> dict:
 def summarize(scores: list[dict]) -> dict:
     """Per metric: bootstrap summary over all prompts, and reference_recall per number of references."""
     summary = {metric: bootstrap([s[metric] for s in scores]) for metric in METRICS}
-    for k in (1, 2, 3):
-        subset = [s["reference_recall"] for s in scores if s["references"] == k]
-        summary[f"reference_recall_{k}ref"] = bootstrap(subset)
+    for k, key in RECALL_BY_COUNT.items():
+        summary[key] = bootstrap([s["reference_recall"] for s in scores if s["references"] == k])
     return summary
 
 
@@ -279,6 +280,7 @@ def load_eval_set(folder: Path) -> dict:
 __all__ = [
     "EvalPrompt",
     "METRICS",
+    "RECALL_BY_COUNT",
     "bootstrap",
     "load_eval_set",
     "make_eval_set",
